@@ -1,0 +1,1 @@
+//! (skeleton: filled in by the store work)
