@@ -1,1 +1,513 @@
-//! (skeleton: filled in by the config work)
+//! Configuration files: serde structs with defaults, and validation into resolved settings that
+//! name the offending key.
+//!
+//! Two files: the server's (`configs/server.toml`) and the agent's (`configs/agent.toml` and the
+//! per-board profiles). Every key has a default, so an empty file (or no file) is a working
+//! configuration; unknown keys are refused so that a typo never silently falls back to a default.
+//! Command-line flags are applied on top by the binary, then [`ServerConfig::resolve`] /
+//! [`AgentConfig::resolve`] check every value. This module may use every module's config types;
+//! nothing here opens sockets or starts work.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::fragment::StreamName;
+
+/// Largest fragment accepted, in bytes (the Kinesis Video limit).
+pub const FRAGMENT_BYTES_LIMIT: u64 = 50 * 1024 * 1024;
+/// Longest fragment accepted, in milliseconds (the Kinesis Video limit).
+pub const FRAGMENT_DURATION_MS_LIMIT: u32 = 10_000;
+/// Retention bounds for video streams, in hours (1 hour to 10 years).
+pub const RETENTION_HOURS_MIN: u32 = 1;
+pub const RETENTION_HOURS_MAX: u32 = 87_600;
+/// Config files larger than this are refused before parsing.
+const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// A configuration that cannot be used, naming the key (dotted path) or the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is {bytes} bytes; the limit is {CONFIG_FILE_BYTES_MAX}")]
+    TooLarge { path: PathBuf, bytes: u64 },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.to_owned(), reason: reason.into() }
+}
+
+/// Reads and parses a TOML config file, refusing unknown keys.
+pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
+    let read_err = |source| ConfigError::Read { path: path.to_owned(), source };
+    let bytes = std::fs::metadata(path).map_err(read_err)?.len();
+    if bytes > CONFIG_FILE_BYTES_MAX {
+        return Err(ConfigError::TooLarge { path: path.to_owned(), bytes });
+    }
+    let text = std::fs::read_to_string(path).map_err(read_err)?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| invalid(key, format!("{value:?} is not an address like 0.0.0.0:7070")))
+}
+
+fn check_range<T: PartialOrd + std::fmt::Display + Copy>(key: &str, value: T, min: T, max: T) -> Result<T, ConfigError> {
+    if value < min || value > max {
+        return Err(invalid(key, format!("{value} is outside {min}..={max}")));
+    }
+    Ok(value)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server
+
+/// The server's config file (`configs/server.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Where streams, TLS identity and state live. `HYDRANT_DATA_DIR` overrides it.
+    pub data_dir: PathBuf,
+    /// Region written into ARNs.
+    pub region: String,
+    pub http: HttpSection,
+    pub quic: QuicSection,
+    pub ingest: IngestSection,
+    pub storage: StorageSection,
+    pub auth: AuthSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    pub listen: String,
+    /// The URL GetDataEndpoint returns; empty means "the Host the client used".
+    pub public_endpoint: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuicSection {
+    pub listen: String,
+    /// Extra DNS names or IP addresses for the server certificate (besides localhost).
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSection {
+    pub fragment_bytes_max: u64,
+    pub fragment_duration_ms_max: u32,
+    pub connections_max: u32,
+    pub streams_per_connection_max: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// Retention of a stream created without one, in hours (1 to 87,600).
+    pub default_retention_hours: u32,
+    /// Create a stream when an agent first sends to it, instead of refusing the agent.
+    pub create_streams_on_first_use: bool,
+    /// Size at which a stream's log rolls to a new segment; retention deletes whole segments.
+    pub segment_bytes_max: u64,
+    /// How often retention runs, in seconds.
+    pub retention_interval_s: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// Labelled development mode: any AWS credentials, no client certificates.
+    pub open: bool,
+    pub keys: Vec<AccessKey>,
+}
+
+/// An AWS-style access key accepted by the HTTP APIs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessKey {
+    pub access_key_id: String,
+    /// May be given as `env:NAME` to read it from the environment.
+    pub secret_access_key: String,
+    /// Streams this key may use; empty means all.
+    #[serde(default)]
+    pub streams: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("hydrant-data"),
+            region: "us-east-1".to_owned(),
+            http: HttpSection::default(),
+            quic: QuicSection::default(),
+            ingest: IngestSection::default(),
+            storage: StorageSection::default(),
+            auth: AuthSection::default(),
+        }
+    }
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self { listen: "0.0.0.0:7070".to_owned(), public_endpoint: String::new() }
+    }
+}
+
+impl Default for QuicSection {
+    fn default() -> Self {
+        Self { listen: "0.0.0.0:7071".to_owned(), server_names: Vec::new() }
+    }
+}
+
+impl Default for IngestSection {
+    fn default() -> Self {
+        Self {
+            fragment_bytes_max: FRAGMENT_BYTES_LIMIT,
+            fragment_duration_ms_max: FRAGMENT_DURATION_MS_LIMIT,
+            connections_max: 256,
+            streams_per_connection_max: 64,
+        }
+    }
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            default_retention_hours: 24,
+            create_streams_on_first_use: false,
+            segment_bytes_max: 256 * 1024 * 1024,
+            retention_interval_s: 60,
+        }
+    }
+}
+
+/// Server settings after validation: every value is in range and every address parsed.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub data_dir: PathBuf,
+    pub region: String,
+    pub http_listen: SocketAddr,
+    pub public_endpoint: Option<String>,
+    pub quic_listen: SocketAddr,
+    pub server_names: Vec<String>,
+    pub fragment_bytes_max: u32,
+    pub fragment_duration_ms_max: u32,
+    pub connections_max: u32,
+    pub streams_per_connection_max: u32,
+    pub default_retention_hours: u32,
+    pub create_streams_on_first_use: bool,
+    pub segment_bytes_max: u64,
+    pub retention_interval_s: u64,
+    pub open: bool,
+    pub keys: Vec<AccessKey>,
+}
+
+impl ServerConfig {
+    pub fn resolve(self) -> Result<ServerSettings, ConfigError> {
+        let fragment_bytes_max = check_range("ingest.fragment_bytes_max", self.ingest.fragment_bytes_max, 1024, FRAGMENT_BYTES_LIMIT)?;
+        let public_endpoint = match self.http.public_endpoint.trim() {
+            "" => None,
+            url if url.starts_with("http://") || url.starts_with("https://") => Some(url.trim_end_matches('/').to_owned()),
+            url => return Err(invalid("http.public_endpoint", format!("{url:?} must start with http:// or https://"))),
+        };
+        if self.region.is_empty() || !self.region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(invalid("region", format!("{:?} is not a region name like us-east-1", self.region)));
+        }
+        let mut keys = Vec::with_capacity(self.auth.keys.len());
+        for (i, key) in self.auth.keys.into_iter().enumerate() {
+            keys.push(resolve_key(i, key)?);
+        }
+        Ok(ServerSettings {
+            data_dir: self.data_dir,
+            region: self.region,
+            http_listen: parse_addr("http.listen", &self.http.listen)?,
+            public_endpoint,
+            quic_listen: parse_addr("quic.listen", &self.quic.listen)?,
+            server_names: self.quic.server_names,
+            fragment_bytes_max: u32::try_from(fragment_bytes_max).unwrap_or(u32::MAX),
+            fragment_duration_ms_max: check_range(
+                "ingest.fragment_duration_ms_max",
+                self.ingest.fragment_duration_ms_max,
+                100,
+                FRAGMENT_DURATION_MS_LIMIT,
+            )?,
+            connections_max: check_range("ingest.connections_max", self.ingest.connections_max, 1, 65_536)?,
+            streams_per_connection_max: check_range(
+                "ingest.streams_per_connection_max",
+                self.ingest.streams_per_connection_max,
+                1,
+                1024,
+            )?,
+            default_retention_hours: check_range(
+                "storage.default_retention_hours",
+                self.storage.default_retention_hours,
+                RETENTION_HOURS_MIN,
+                RETENTION_HOURS_MAX,
+            )?,
+            create_streams_on_first_use: self.storage.create_streams_on_first_use,
+            segment_bytes_max: check_range(
+                "storage.segment_bytes_max",
+                self.storage.segment_bytes_max,
+                64 * 1024,
+                16 * 1024 * 1024 * 1024,
+            )?,
+            retention_interval_s: check_range("storage.retention_interval_s", self.storage.retention_interval_s, 1, 86_400)?,
+            open: self.auth.open,
+            keys,
+        })
+    }
+}
+
+fn resolve_key(index: usize, mut key: AccessKey) -> Result<AccessKey, ConfigError> {
+    let at = |field: &str| format!("auth.keys[{index}].{field}");
+    if key.access_key_id.is_empty() {
+        return Err(invalid(&at("access_key_id"), "is empty"));
+    }
+    if let Some(var) = key.secret_access_key.strip_prefix("env:") {
+        key.secret_access_key = std::env::var(var)
+            .map_err(|_| invalid(&at("secret_access_key"), format!("environment variable {var} is not set")))?;
+    }
+    if key.secret_access_key.is_empty() {
+        return Err(invalid(&at("secret_access_key"), "is empty"));
+    }
+    for name in &key.streams {
+        StreamName::new(name.as_str()).map_err(|e| invalid(&at("streams"), e.to_string()))?;
+    }
+    Ok(key)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agent
+
+/// The agent's config file (`configs/agent.toml` and the board profiles).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// The server's QUIC address, `host:port`.
+    pub server: String,
+    /// CA certificate that signed the server's certificate (the server's `<data-dir>/tls/ca.pem`).
+    pub ca: Option<PathBuf>,
+    /// Development mode: trust the first server certificate seen and pin it. Labelled in logs.
+    pub trust_first_certificate: bool,
+    /// Where the agent keeps its state (session epochs, the pinned certificate).
+    pub spool_dir: PathBuf,
+    /// A name for this agent in the server's logs.
+    pub agent_name: String,
+    pub fragments: FragmentSection,
+    pub uplink: UplinkSection,
+    pub cameras: Vec<CameraSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FragmentSection {
+    /// Cut at the first keyframe after this much media, in milliseconds.
+    pub target_ms: u32,
+    /// Cut even without a keyframe after this much media, in milliseconds.
+    pub duration_ms_max: u32,
+    pub bytes_max: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UplinkSection {
+    /// Fragments kept in memory until the server says they are persisted.
+    pub pending_fragments_max: u32,
+    pub pending_bytes_max: u64,
+    /// Fragments on the wire at once.
+    pub in_flight_max: u32,
+    /// Resend a fragment not persisted within this time.
+    pub ack_timeout_ms: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraSection {
+    pub stream: String,
+    /// `test`, `file:PATH`, `rtsp://...`, `v4l2:/dev/videoN`, `libcamera`, `jetson`.
+    pub source: String,
+    /// Replay a file as fast as possible instead of at real-time pace.
+    #[serde(default)]
+    pub fast: bool,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            server: "127.0.0.1:7071".to_owned(),
+            ca: None,
+            trust_first_certificate: false,
+            spool_dir: PathBuf::from("hydrant-spool"),
+            agent_name: String::new(),
+            fragments: FragmentSection::default(),
+            uplink: UplinkSection::default(),
+            cameras: Vec::new(),
+        }
+    }
+}
+
+impl Default for FragmentSection {
+    fn default() -> Self {
+        Self { target_ms: 2_000, duration_ms_max: FRAGMENT_DURATION_MS_LIMIT, bytes_max: 16 * 1024 * 1024 }
+    }
+}
+
+impl Default for UplinkSection {
+    fn default() -> Self {
+        Self {
+            pending_fragments_max: 256,
+            pending_bytes_max: 256 * 1024 * 1024,
+            in_flight_max: 16,
+            ack_timeout_ms: 15_000,
+            backoff_initial_ms: 200,
+            backoff_max_ms: 10_000,
+        }
+    }
+}
+
+/// One camera after validation.
+#[derive(Debug, Clone)]
+pub struct CameraSettings {
+    pub stream: StreamName,
+    pub source: String,
+    pub fast: bool,
+}
+
+/// Agent settings after validation.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub server: String,
+    pub ca: Option<PathBuf>,
+    pub trust_first_certificate: bool,
+    pub spool_dir: PathBuf,
+    pub agent_name: String,
+    pub fragment_target_ms: u32,
+    pub fragment_duration_ms_max: u32,
+    pub fragment_bytes_max: u64,
+    pub pending_fragments_max: u32,
+    pub pending_bytes_max: u64,
+    pub in_flight_max: u32,
+    pub ack_timeout_ms: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub cameras: Vec<CameraSettings>,
+}
+
+impl AgentConfig {
+    pub fn resolve(self) -> Result<AgentSettings, ConfigError> {
+        if !self.server.contains(':') {
+            return Err(invalid("server", format!("{:?} must be host:port, e.g. 127.0.0.1:7071", self.server)));
+        }
+        if self.ca.is_none() && !self.trust_first_certificate {
+            return Err(invalid(
+                "ca",
+                "no CA certificate given: pass --ca <data-dir>/tls/ca.pem of the server, or enable the development mode trust_first_certificate",
+            ));
+        }
+        if self.cameras.is_empty() {
+            return Err(invalid("cameras", "no camera configured: add a [[cameras]] entry or pass --stream and --source"));
+        }
+        let target = check_range("fragments.target_ms", self.fragments.target_ms, 100, FRAGMENT_DURATION_MS_LIMIT)?;
+        let cap = check_range("fragments.duration_ms_max", self.fragments.duration_ms_max, target, FRAGMENT_DURATION_MS_LIMIT)?;
+        let mut cameras = Vec::with_capacity(self.cameras.len());
+        for (i, cam) in self.cameras.into_iter().enumerate() {
+            let stream = StreamName::new(cam.stream).map_err(|e| invalid(&format!("cameras[{i}].stream"), e.to_string()))?;
+            if cameras.iter().any(|c: &CameraSettings| c.stream == stream) {
+                return Err(invalid(&format!("cameras[{i}].stream"), format!("stream {stream} is used by two cameras")));
+            }
+            if cam.source.trim().is_empty() {
+                return Err(invalid(&format!("cameras[{i}].source"), "is empty"));
+            }
+            cameras.push(CameraSettings { stream, source: cam.source, fast: cam.fast });
+        }
+        let u = &self.uplink;
+        Ok(AgentSettings {
+            agent_name: if self.agent_name.is_empty() { default_agent_name() } else { self.agent_name.clone() },
+            server: self.server,
+            ca: self.ca,
+            trust_first_certificate: self.trust_first_certificate,
+            spool_dir: self.spool_dir,
+            fragment_target_ms: target,
+            fragment_duration_ms_max: cap,
+            fragment_bytes_max: check_range("fragments.bytes_max", self.fragments.bytes_max, 64 * 1024, FRAGMENT_BYTES_LIMIT)?,
+            pending_fragments_max: check_range("uplink.pending_fragments_max", u.pending_fragments_max, 1, 100_000)?,
+            pending_bytes_max: check_range("uplink.pending_bytes_max", u.pending_bytes_max, 1024 * 1024, 64 * 1024 * 1024 * 1024)?,
+            in_flight_max: check_range("uplink.in_flight_max", u.in_flight_max, 1, 1024)?,
+            ack_timeout_ms: check_range("uplink.ack_timeout_ms", u.ack_timeout_ms, 100, 600_000)?,
+            backoff_initial_ms: check_range("uplink.backoff_initial_ms", u.backoff_initial_ms, 1, 60_000)?,
+            backoff_max_ms: check_range("uplink.backoff_max_ms", u.backoff_max_ms, u.backoff_initial_ms, 600_000)?,
+            cameras,
+        })
+    }
+}
+
+fn default_agent_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "hydrant-agent".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configs_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("configs")
+    }
+
+    #[test]
+    fn every_file_in_configs_loads_and_resolves() {
+        let mut checked = 0;
+        for entry in std::fs::read_dir(configs_dir()).expect("configs/ exists") {
+            let path = entry.expect("readable entry").path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if name.starts_with("server") {
+                load::<ServerConfig>(&path).and_then(ServerConfig::resolve).unwrap_or_else(|e| panic!("{name}: {e}"));
+            } else {
+                load::<AgentConfig>(&path).and_then(AgentConfig::resolve).unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+            checked += 1;
+        }
+        assert!(checked >= 2, "expected at least the server and agent configs");
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let cfg: ServerConfig = toml::from_str("[storage]\ndefault_retention_hours = 0\n").expect("parses");
+        let err = cfg.resolve().expect_err("0 hours is refused");
+        assert!(err.to_string().contains("storage.default_retention_hours"), "{err}");
+
+        let unknown = toml::from_str::<ServerConfig>("[storage]\nretension_hours = 5\n").expect_err("typo refused");
+        assert!(unknown.to_string().contains("retension_hours"), "{unknown}");
+
+        let agent: AgentConfig =
+            toml::from_str("ca = \"ca.pem\"\n[[cameras]]\nstream = \"../x\"\nsource = \"test\"\n").expect("parses");
+        let err = agent.resolve().expect_err("bad stream refused");
+        assert!(err.to_string().contains("cameras[0].stream"), "{err}");
+    }
+
+    #[test]
+    fn empty_server_config_gives_the_documented_defaults() {
+        let s = ServerConfig::default().resolve().expect("defaults are valid");
+        assert_eq!(s.http_listen.port(), 7070);
+        assert_eq!(s.quic_listen.port(), 7071);
+        assert_eq!(s.default_retention_hours, 24);
+        assert!(!s.open);
+    }
+}
