@@ -1,5 +1,212 @@
-//! The `hydrant` command: parses the command line and hands over to the library.
+//! The `hydrant` command: parses the command line, applies flags over the config file, and hands
+//! over to the library. The only place that uses `anyhow`.
 
-fn main() -> anyhow::Result<()> {
-    Ok(())
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+
+use hydrant::config::{self, AgentConfig, CameraSection, ServerConfig};
+
+#[derive(Debug, Parser)]
+#[command(name = "hydrant", version, about = "Self-hosted, Kinesis-style streaming for cameras and data")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: QUIC ingest from agents, storage, AWS-compatible HTTP APIs.
+    Server(ServerArgs),
+    /// Run an agent: capture cameras or files and send fragments to a server.
+    Agent(AgentArgs),
+    /// Run a server and an agent replaying a sample clip, then write a clip back.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// Server config file (TOML); defaults apply without one.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (streams, TLS identity).
+    #[arg(long, env = "HYDRANT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// HTTP listen address (default 0.0.0.0:7070).
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// QUIC listen address for agents (default 0.0.0.0:7071/udp).
+    #[arg(long)]
+    quic: Option<SocketAddr>,
+    /// Development mode: any AWS credentials, agents without client certificates.
+    #[arg(long)]
+    open: bool,
+    /// Turn off the per-shard throughput limits of data streams (load tests).
+    #[arg(long)]
+    no_throttle: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct AgentArgs {
+    /// Agent config file (TOML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Server QUIC address, host:port.
+    #[arg(long)]
+    server: Option<String>,
+    /// CA certificate of the server (its <data-dir>/tls/ca.pem).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Development mode: trust and pin the first server certificate seen.
+    #[arg(long)]
+    trust_first_cert: bool,
+    /// Stream to send to (with --source: replaces the cameras of the config file).
+    #[arg(long, requires = "source")]
+    stream: Option<String>,
+    /// Source: test, file:PATH, rtsp://..., v4l2:/dev/videoN, libcamera, jetson.
+    #[arg(long, requires = "stream")]
+    source: Option<String>,
+    /// Replay files as fast as possible instead of at real-time pace.
+    #[arg(long)]
+    fast: bool,
+    /// Agent state directory.
+    #[arg(long)]
+    spool_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Replay the clip as fast as possible instead of at real-time pace.
+    #[arg(long)]
+    fast: bool,
+    /// Where to write the final clip.
+    #[arg(long, default_value = "hydrant-demo-clip.mp4")]
+    clip: PathBuf,
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HYDRANT_LOG").unwrap_or_else(|_| EnvFilter::new("info,quinn=warn,ort=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Server(args) => run_server(args).await,
+        Command::Agent(args) => run_agent(args).await,
+        Command::Demo(args) => {
+            hydrant::demo::run(hydrant::demo::DemoOptions { fast: args.fast, clip_out: args.clip }).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run_server(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg: ServerConfig = match &args.config {
+        Some(path) => config::load(path)?,
+        None => ServerConfig::default(),
+    };
+    if let Some(dir) = args.data_dir {
+        cfg.data_dir = dir;
+    }
+    if let Some(addr) = args.http {
+        cfg.http.listen = addr.to_string();
+    }
+    if let Some(addr) = args.quic {
+        cfg.quic.listen = addr.to_string();
+    }
+    cfg.auth.open |= args.open;
+    if args.no_throttle {
+        tracing::info!("--no-throttle: data stream throughput limits are off");
+    }
+    let server = hydrant::server::Server::start(cfg.resolve()?).await?;
+    println!("hydrant server: HTTP {} QUIC {} CA {}", server.http_addr, server.quic_addr, server.ca_pem.display());
+    wait_for_signal().await;
+    server.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg: AgentConfig = match &args.config {
+        Some(path) => config::load(path)?,
+        None => AgentConfig::default(),
+    };
+    if let Some(server) = args.server {
+        cfg.server = server;
+    }
+    if let Some(ca) = args.ca {
+        cfg.ca = Some(ca);
+    }
+    cfg.trust_first_certificate |= args.trust_first_cert;
+    if cfg.trust_first_certificate && args.config.is_none() && cfg.ca.is_none() {
+        tracing::warn!("development mode: the first server certificate seen will be trusted and pinned");
+    }
+    if let Some(dir) = args.spool_dir {
+        cfg.spool_dir = dir;
+    }
+    if let (Some(stream), Some(source)) = (args.stream, args.source) {
+        cfg.cameras = vec![CameraSection { stream, source, fast: args.fast }];
+    } else if args.fast {
+        cfg.cameras.iter_mut().for_each(|c| c.fast = true);
+    }
+    let settings = cfg.resolve()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping: flushing what was captured");
+        let _ = stop_tx.send(true);
+    });
+    let report = hydrant::agent::run(settings, None, stop_rx).await.context("agent failed")?;
+    println!(
+        "hydrant agent: {} fragment(s) persisted ({} already stored), {} refused, {} stream(s) refused",
+        report.persisted, report.already_stored, report.refused, report.streams_refused
+    );
+    Ok(if report.all_persisted() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
 }

@@ -1,1 +1,6 @@
-//! Integration tests: one binary, one module per area.
+//! Integration tests: one binary, one module per area. The harness runs the real `hydrant`
+//! binary as server and agent processes on loopback.
+
+mod harness;
+mod oracle;
+mod video_path;

@@ -1,1 +1,269 @@
-//! (skeleton: filled in by the agent work)
+//! The agent process assembled from its parts: one capture pipeline per camera feeding one QUIC
+//! uplink to the server.
+//!
+//! Each camera gets a producer session (an epoch) kept in the agent's state directory. A file
+//! source keeps its epoch and its timestamp origin across restarts of the agent, so a restarted
+//! replay produces the same fragment identities and the server's resume point skips whatever is
+//! already stored; a live source starts a new epoch on each start. Fragments flow from capture
+//! through a bounded channel into the uplink, which keeps every fragment until the server says it
+//! is persisted; when the uplink is full the channel fills and capture waits (backpressure).
+//! This module holds no protocol logic (that is `wire`) and no media logic (that is `capture`).
+
+mod session;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::capture::{Capture, CaptureConfig, CaptureError, CaptureEvent, CapturedFragment, Pace, SourceSpec};
+use crate::config::{AgentSettings, CameraSettings};
+use crate::fragment::{Fragment, FragmentId, FragmentMeta, StreamName, UnixMillis};
+use crate::transport::{self, ServerTrust, UplinkOptions};
+use crate::wire::{StreamOpen, UplinkConfig, UplinkEvent};
+
+pub use session::{ProducerSession, SessionError};
+
+/// Fragments waiting between the capture pipelines and the uplink.
+const UPLINK_CHANNEL_FRAGMENTS_MAX: usize = 8;
+/// Reports waiting for the caller.
+const REPORT_CHANNEL_MAX: usize = 256;
+/// Restart backoff for a live pipeline that failed.
+const PIPELINE_RESTART_BACKOFF_MAX_S: u64 = 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("camera {stream}: source {source_spec:?}: {error}")]
+    Source { stream: StreamName, source_spec: String, error: CaptureError },
+    #[error("camera {stream}: capture failed: {error}")]
+    Capture { stream: StreamName, error: CaptureError },
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("uplink failed: {0}")]
+    Uplink(#[from] transport::TransportError),
+}
+
+/// What happened to one fragment, reported to the caller as it happens.
+#[derive(Debug, Clone)]
+pub enum AgentEvent {
+    /// The server has the fragment on disk.
+    Persisted { id: FragmentId, fragment_number: Option<String> },
+    /// The server refused the fragment for good.
+    Refused { id: FragmentId, reason: String },
+    /// The server refused a whole stream (unknown, not authorised...).
+    StreamRefused { stream: StreamName, reason: String },
+}
+
+/// Totals when the agent stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentReport {
+    pub persisted: u64,
+    /// Of the persisted ones, those the server already had before this run (resume).
+    pub already_stored: u64,
+    pub refused: u64,
+    pub streams_refused: u64,
+}
+
+impl AgentReport {
+    pub fn all_persisted(&self) -> bool {
+        self.refused == 0 && self.streams_refused == 0
+    }
+}
+
+/// Runs the agent until every file source has been sent and persisted, or until `shutdown`
+/// for live sources (then it flushes what was captured). Events go to `events` when given.
+pub async fn run(
+    settings: AgentSettings,
+    events: Option<mpsc::Sender<AgentEvent>>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<AgentReport, AgentError> {
+    std::fs::create_dir_all(&settings.spool_dir)
+        .map_err(|e| SessionError::Io { path: settings.spool_dir.clone(), source: e })?;
+    let mut cameras = Vec::with_capacity(settings.cameras.len());
+    for camera in &settings.cameras {
+        let source: SourceSpec = camera.source.parse().map_err(|error| AgentError::Source {
+            stream: camera.stream.clone(),
+            source_spec: camera.source.clone(),
+            error,
+        })?;
+        let session = ProducerSession::load_or_create(&settings.spool_dir, &camera.stream, &source, UnixMillis::now())?;
+        tracing::info!(stream = %camera.stream, epoch = session.epoch, source = %camera.source, "camera session ready");
+        cameras.push((camera.clone(), source, session));
+    }
+
+    let streams = cameras
+        .iter()
+        .map(|(cam, _, s)| StreamOpen { stream: cam.stream.clone(), epoch: s.epoch })
+        .collect();
+    let (fragment_tx, fragment_rx) = mpsc::channel(UPLINK_CHANNEL_FRAGMENTS_MAX);
+    let (report_tx, report_rx) = mpsc::channel(REPORT_CHANNEL_MAX);
+    let options = uplink_options(&settings);
+    let uplink = tokio::spawn(transport::run_uplink(options, streams, fragment_rx, report_tx, shutdown.clone()));
+    let reports = tokio::spawn(collect_reports(report_rx, events));
+
+    let mut captures = tokio::task::JoinSet::new();
+    for (camera, source, session) in cameras {
+        captures.spawn(run_camera(
+            camera,
+            source,
+            session,
+            capture_config_base(&settings),
+            fragment_tx.clone(),
+            shutdown.clone(),
+        ));
+    }
+    drop(fragment_tx);
+    let mut first_error = None;
+    while let Some(done) = captures.join_next().await {
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "camera stopped");
+                first_error.get_or_insert(e);
+            }
+            Err(e) => tracing::error!(error = %e, "camera task failed"),
+        }
+    }
+    // Every capture has ended and dropped its sender: the uplink drains what is pending.
+    let uplink_result = uplink.await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "uplink task failed");
+        Ok(())
+    });
+    let report = reports.await.unwrap_or_default();
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    uplink_result?;
+    Ok(report)
+}
+
+fn uplink_options(settings: &AgentSettings) -> UplinkOptions {
+    let trust = match &settings.ca {
+        Some(ca) => ServerTrust::CaFile(ca.clone()),
+        None => ServerTrust::TrustFirstSeen { pin_file: settings.spool_dir.join("server-certificate.sha256") },
+    };
+    UplinkOptions {
+        server: settings.server.clone(),
+        trust,
+        uplink: UplinkConfig {
+            agent_name: settings.agent_name.clone(),
+            pending_fragments_max: settings.pending_fragments_max as usize,
+            pending_bytes_max: settings.pending_bytes_max,
+            in_flight_max: settings.in_flight_max as usize,
+            ack_timeout: Duration::from_millis(settings.ack_timeout_ms),
+            backoff_initial: Duration::from_millis(settings.backoff_initial_ms),
+            backoff_max: Duration::from_millis(settings.backoff_max_ms),
+        },
+    }
+}
+
+fn capture_config_base(settings: &AgentSettings) -> CaptureConfig {
+    CaptureConfig {
+        source: SourceSpec::Test,
+        pace: Pace::RealTime,
+        fragment_target_ms: settings.fragment_target_ms,
+        fragment_duration_ms_max: settings.fragment_duration_ms_max,
+        fragment_bytes_max: usize::try_from(settings.fragment_bytes_max).unwrap_or(usize::MAX),
+        channel_fragments_max: 4,
+    }
+}
+
+/// Runs one camera's pipeline, numbering its fragments and handing them to the uplink. A file
+/// source ends at end of stream; a live source is restarted with backoff when it fails and runs
+/// until shutdown.
+async fn run_camera(
+    camera: CameraSettings,
+    source: SourceSpec,
+    session: ProducerSession,
+    base: CaptureConfig,
+    uplink: mpsc::Sender<Fragment>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let live = !matches!(source, SourceSpec::File(_));
+    let pace = if camera.fast && !live { Pace::Fast } else { Pace::RealTime };
+    let mut sequence = 0u64;
+    let mut restarts = 0u32;
+    loop {
+        // A live source starts a fresh timeline at each (re)start; a file keeps its origin so
+        // that a restarted replay yields the same timestamps.
+        let origin = if live { UnixMillis::now() } else { session.origin };
+        let config = CaptureConfig { source: source.clone(), pace, ..base.clone() };
+        let (capture, mut captured) = Capture::start(config, origin)
+            .map_err(|error| AgentError::Capture { stream: camera.stream.clone(), error })?;
+        let outcome = loop {
+            tokio::select! {
+                event = captured.recv() => match event {
+                    Some(CaptureEvent::Fragment(f)) => {
+                        let fragment = to_fragment(&camera.stream, session.epoch, sequence, f);
+                        sequence += 1;
+                        if uplink.send(fragment).await.is_err() {
+                            break Ok(()); // the uplink stopped (shutdown)
+                        }
+                    }
+                    Some(CaptureEvent::EndOfStream) | None => break Ok(()),
+                    Some(CaptureEvent::Error(error)) => break Err(error),
+                },
+                _ = shutdown.wait_for(|stop| *stop) => break Ok(()),
+            }
+        };
+        capture.stop();
+        match outcome {
+            Ok(()) if !live || *shutdown.borrow() => return Ok(()),
+            Ok(()) => tracing::warn!(stream = %camera.stream, "live source ended; restarting it"),
+            Err(error) if !live => return Err(AgentError::Capture { stream: camera.stream.clone(), error }),
+            Err(error) => tracing::error!(stream = %camera.stream, %error, "live source failed; restarting it"),
+        }
+        restarts = restarts.saturating_add(1);
+        let backoff = Duration::from_secs((1u64 << restarts.min(5)).min(PIPELINE_RESTART_BACKOFF_MAX_S));
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        }
+    }
+}
+
+fn to_fragment(stream: &StreamName, epoch: u64, sequence: u64, captured: CapturedFragment) -> Fragment {
+    Fragment {
+        meta: FragmentMeta {
+            id: FragmentId { stream: stream.clone(), epoch, sequence },
+            producer_timestamp: captured.producer_timestamp,
+            duration_ms: captured.duration_ms,
+        },
+        payload: captured.media.encode(),
+    }
+}
+
+async fn collect_reports(mut reports: mpsc::Receiver<UplinkEvent>, events: Option<mpsc::Sender<AgentEvent>>) -> AgentReport {
+    let mut totals = AgentReport::default();
+    while let Some(report) = reports.recv().await {
+        let event = match report {
+            UplinkEvent::Persisted { id, fragment_number } => {
+                totals.persisted += 1;
+                totals.already_stored += u64::from(fragment_number.is_none());
+                tracing::debug!(fragment = %id, number = ?fragment_number, "fragment persisted");
+                AgentEvent::Persisted { id, fragment_number }
+            }
+            UplinkEvent::Refused { id, code, message } => {
+                totals.refused += 1;
+                tracing::error!(fragment = %id, ?code, %message, "server refused a fragment");
+                AgentEvent::Refused { id, reason: format!("{code:?}: {message}") }
+            }
+            UplinkEvent::StreamRefused { stream, code, message } => {
+                totals.streams_refused += 1;
+                tracing::error!(%stream, ?code, %message, "server refused the stream");
+                AgentEvent::StreamRefused { stream, reason: format!("{code:?}: {message}") }
+            }
+            _ => continue,
+        };
+        if let Some(events) = &events {
+            // A caller that asked for events reads them; if it has gone, keep counting.
+            let _ = events.send(event).await;
+        }
+    }
+    totals
+}
+
+/// The state directory of an agent, for tests and tools.
+pub fn session_path(spool_dir: &std::path::Path, stream: &StreamName) -> PathBuf {
+    session::path(spool_dir, stream)
+}
