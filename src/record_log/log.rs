@@ -376,7 +376,7 @@ fn create_dir_durably(dir: &Path) -> Result<(), LogError> {
 }
 
 /// fsync of a directory, so that creations and removals of its entries are durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
+pub fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| LogError::io(dir, e))

@@ -24,7 +24,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use group_commit::{GroupCommit, GroupCommitConfig};
-pub use log::{LogReader, RecordLog, Recovery};
+pub use log::{LogReader, RecordLog, Recovery, sync_dir};
 pub use segment::{FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES, segment_file_name};
 
 /// Size limits of a log.
