@@ -54,7 +54,11 @@ impl EpochDedup {
                 return Seen::Stored(run.number_start + (sequence - start));
             }
         }
-        if sequence < self.watermark { Seen::Expired } else { Seen::New }
+        if sequence < self.watermark {
+            Seen::Expired
+        } else {
+            Seen::New
+        }
     }
 
     /// Whether recording `sequence` might need a new run beyond the limit.
@@ -64,9 +68,14 @@ impl EpochDedup {
 
     /// Records a stored sequence (not already recorded) and advances the watermark.
     pub fn insert(&mut self, sequence: u64, number: u64) {
-        let extends_previous = self.runs.range(..sequence).next_back().and_then(|(&start, run)| {
-            (start + run.len == sequence && run.number_start + run.len == number).then_some(start)
-        });
+        let extends_previous = self
+            .runs
+            .range(..sequence)
+            .next_back()
+            .and_then(|(&start, run)| {
+                (start + run.len == sequence && run.number_start + run.len == number)
+                    .then_some(start)
+            });
         let start = match extends_previous {
             Some(start) => {
                 if let Some(run) = self.runs.get_mut(&start) {
@@ -75,7 +84,13 @@ impl EpochDedup {
                 start
             }
             None => {
-                self.runs.insert(sequence, Run { number_start: number, len: 1 });
+                self.runs.insert(
+                    sequence,
+                    Run {
+                        number_start: number,
+                        len: 1,
+                    },
+                );
                 sequence
             }
         };
@@ -86,7 +101,9 @@ impl EpochDedup {
     /// Joins the run at `start` with the one right after it when both sequence and number
     /// continue.
     fn merge_next(&mut self, start: u64) {
-        let Some(run) = self.runs.get(&start).copied() else { return };
+        let Some(run) = self.runs.get(&start).copied() else {
+            return;
+        };
         let next_start = start + run.len;
         if let Some(next) = self.runs.get(&next_start).copied() {
             if next.number_start == run.number_start + run.len {

@@ -57,11 +57,14 @@ impl FragmentIndex {
     pub fn insert(&mut self, number: u64, entry: Entry) {
         self.by_producer.insert((entry.producer_ms, number));
         self.by_server.insert((entry.server_ms, number));
-        let span = self.segments.entry(entry.pos.segment).or_insert(SegmentSpan {
-            first_number: number,
-            last_number: number,
-            newest_server_ms: entry.server_ms,
-        });
+        let span = self
+            .segments
+            .entry(entry.pos.segment)
+            .or_insert(SegmentSpan {
+                first_number: number,
+                last_number: number,
+                newest_server_ms: entry.server_ms,
+            });
         span.first_number = span.first_number.min(number);
         span.last_number = span.last_number.max(number);
         span.newest_server_ms = span.newest_server_ms.max(entry.server_ms);
@@ -70,7 +73,9 @@ impl FragmentIndex {
 
     /// Drops every entry stored in `segment`; returns how many.
     pub fn remove_segment(&mut self, segment: u64) -> usize {
-        let Some(span) = self.segments.remove(&segment) else { return 0 };
+        let Some(span) = self.segments.remove(&segment) else {
+            return 0;
+        };
         let numbers: Vec<u64> = self
             .by_number
             .range(span.first_number..=span.last_number)
@@ -202,13 +207,34 @@ mod tests {
         for (n, ms) in [(0, 300), (1, 100), (2, 200), (3, 200), (4, 500)] {
             index.insert(n, entry(0, ms, 1000 + n));
         }
-        assert_eq!(numbers(index.list(&query(0, 1000, None, 10)).unwrap()), vec![1, 2, 3, 0, 4]);
-        assert_eq!(numbers(index.list(&query(200, 300, None, 10)).unwrap()), vec![2, 3, 0]);
-        assert_eq!(numbers(index.list(&query(0, 1000, None, 2)).unwrap()), vec![1, 2]);
-        assert_eq!(numbers(index.list(&query(0, 1000, Some(2), 2)).unwrap()), vec![3, 0]);
-        assert_eq!(numbers(index.list(&query(250, 1000, Some(1), 10)).unwrap()), vec![0, 4]);
-        assert_eq!(numbers(index.list(&query(900, 100, None, 10)).unwrap()), Vec::<u64>::new());
-        assert_eq!(index.list(&query(0, 1000, Some(77), 10)), Err(FragmentNumber(77)));
+        assert_eq!(
+            numbers(index.list(&query(0, 1000, None, 10)).unwrap()),
+            vec![1, 2, 3, 0, 4]
+        );
+        assert_eq!(
+            numbers(index.list(&query(200, 300, None, 10)).unwrap()),
+            vec![2, 3, 0]
+        );
+        assert_eq!(
+            numbers(index.list(&query(0, 1000, None, 2)).unwrap()),
+            vec![1, 2]
+        );
+        assert_eq!(
+            numbers(index.list(&query(0, 1000, Some(2), 2)).unwrap()),
+            vec![3, 0]
+        );
+        assert_eq!(
+            numbers(index.list(&query(250, 1000, Some(1), 10)).unwrap()),
+            vec![0, 4]
+        );
+        assert_eq!(
+            numbers(index.list(&query(900, 100, None, 10)).unwrap()),
+            Vec::<u64>::new()
+        );
+        assert_eq!(
+            index.list(&query(0, 1000, Some(77), 10)),
+            Err(FragmentNumber(77))
+        );
     }
 
     #[test]
@@ -220,7 +246,10 @@ mod tests {
         assert_eq!(index.span(0).unwrap().newest_server_ms, 20);
         assert_eq!(index.remove_segment(0), 2);
         assert_eq!(index.len(), 1);
-        assert_eq!(numbers(index.list(&query(0, 100, None, 10)).unwrap()), vec![2]);
+        assert_eq!(
+            numbers(index.list(&query(0, 100, None, 10)).unwrap()),
+            vec![2]
+        );
         assert_eq!(index.remove_segment(0), 0);
     }
 }

@@ -73,7 +73,11 @@ impl Store {
         if trash.exists() {
             fs::remove_dir_all(&trash).map_err(|e| StoreError::io(&trash, e))?;
         }
-        let store = Store { root: root.to_path_buf(), config, streams: RwLock::new(BTreeMap::new()) };
+        let store = Store {
+            root: root.to_path_buf(),
+            config,
+            streams: RwLock::new(BTreeMap::new()),
+        };
         let mut streams = BTreeMap::new();
         for entry in fs::read_dir(&streams_dir).map_err(|e| StoreError::io(&streams_dir, e))? {
             let entry = entry.map_err(|e| StoreError::io(&streams_dir, e))?;
@@ -89,7 +93,11 @@ impl Store {
 
     /// Opens one stream directory; `None` for one left half-created by a crash.
     fn open_existing(&self, dir: &Path) -> Result<Option<Arc<Stream>>, StoreError> {
-        let Some(name) = dir.file_name().and_then(|n| n.to_str()).and_then(|n| StreamName::new(n).ok()) else {
+        let Some(name) = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| StreamName::new(n).ok())
+        else {
             return Ok(None);
         };
         if !dir.join(meta::STREAM_FILE).exists() {
@@ -98,32 +106,53 @@ impl Store {
         }
         let info = meta::read_stream_info(dir)?;
         if info.name != name {
-            let reason = format!("describes stream {} but lives in directory {name}", info.name);
-            return Err(StoreError::Corrupt { path: dir.join(meta::STREAM_FILE), reason });
+            let reason = format!(
+                "describes stream {} but lives in directory {name}",
+                info.name
+            );
+            return Err(StoreError::Corrupt {
+                path: dir.join(meta::STREAM_FILE),
+                reason,
+            });
         }
         Stream::open(dir, info, self.log_config()).map(Some)
     }
 
     fn log_config(&self) -> LogConfig {
-        let record_bytes_max = self.config.fragment_bytes_max.saturating_add(RECORD_HEADER_BYTES as u32);
-        LogConfig { segment_bytes_max: self.config.segment_bytes_max, record_bytes_max }
+        let record_bytes_max = self
+            .config
+            .fragment_bytes_max
+            .saturating_add(RECORD_HEADER_BYTES as u32);
+        LogConfig {
+            segment_bytes_max: self.config.segment_bytes_max,
+            record_bytes_max,
+        }
     }
 
     fn read_streams(&self) -> RwLockReadGuard<'_, BTreeMap<StreamName, Arc<Stream>>> {
         // The map is only swapped whole or edited by single inserts/removes: never torn.
-        self.streams.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.streams
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write_streams(&self) -> RwLockWriteGuard<'_, BTreeMap<StreamName, Arc<Stream>>> {
-        self.streams.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.streams
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn stream(&self, name: &StreamName) -> Result<Arc<Stream>, StoreError> {
-        self.read_streams().get(name).cloned().ok_or_else(|| StoreError::StreamNotFound(name.clone()))
+        self.read_streams()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::StreamNotFound(name.clone()))
     }
 
     pub fn create_stream(&self, new: NewStream, now: UnixMillis) -> Result<StreamInfo, StoreError> {
-        let retention = new.data_retention_hours.unwrap_or(self.config.default_retention_hours);
+        let retention = new
+            .data_retention_hours
+            .unwrap_or(self.config.default_retention_hours);
         validate_retention(retention)?;
         let mut streams = self.write_streams();
         if streams.contains_key(&new.name) {
@@ -165,8 +194,13 @@ impl Store {
     }
 
     fn arn(&self, name: &StreamName, now: UnixMillis) -> String {
-        let StoreConfig { region, account_id, .. } = &self.config;
-        format!("arn:aws:kinesisvideo:{region}:{account_id}:stream/{name}/{}", now.0)
+        let StoreConfig {
+            region, account_id, ..
+        } = &self.config;
+        format!(
+            "arn:aws:kinesisvideo:{region}:{account_id}:stream/{name}/{}",
+            now.0
+        )
     }
 
     pub fn describe_stream(&self, name: &StreamName) -> Result<StreamInfo, StoreError> {
@@ -175,13 +209,22 @@ impl Store {
 
     /// Every stream, sorted by name.
     pub fn list_streams(&self) -> Vec<StreamInfo> {
-        self.read_streams().values().map(|s| s.lock_info().clone()).collect()
+        self.read_streams()
+            .values()
+            .map(|s| s.lock_info().clone())
+            .collect()
     }
 
     /// Removes the stream and its data; it is gone from listings when this returns.
-    pub fn delete_stream(&self, name: &StreamName, current_version: Option<&str>) -> Result<(), StoreError> {
+    pub fn delete_stream(
+        &self,
+        name: &StreamName,
+        current_version: Option<&str>,
+    ) -> Result<(), StoreError> {
         let mut streams = self.write_streams();
-        let stream = streams.get(name).ok_or_else(|| StoreError::StreamNotFound(name.clone()))?;
+        let stream = streams
+            .get(name)
+            .ok_or_else(|| StoreError::StreamNotFound(name.clone()))?;
         if let Some(given) = current_version {
             check_version(&stream.lock_info(), given)?;
         }
@@ -229,11 +272,20 @@ impl Store {
     }
 
     /// Registers a producer session; returns the sequence it should continue from.
-    pub fn open_producer(&self, name: &StreamName, epoch: u64, now: UnixMillis) -> Result<u64, StoreError> {
+    pub fn open_producer(
+        &self,
+        name: &StreamName,
+        epoch: u64,
+        now: UnixMillis,
+    ) -> Result<u64, StoreError> {
         Ok(self.stream_for_producer(name, now)?.next_sequence(epoch))
     }
 
-    fn stream_for_producer(&self, name: &StreamName, now: UnixMillis) -> Result<Arc<Stream>, StoreError> {
+    fn stream_for_producer(
+        &self,
+        name: &StreamName,
+        now: UnixMillis,
+    ) -> Result<Arc<Stream>, StoreError> {
         match self.stream(name) {
             Err(StoreError::StreamNotFound(_)) if self.config.create_on_first_use => {
                 match self.create_stream(NewStream::named(name.clone()), now) {
@@ -246,10 +298,17 @@ impl Store {
     }
 
     /// Stores a fragment; durable when it returns. Safe to call from many tasks at once.
-    pub async fn append(&self, fragment: Fragment, now: UnixMillis) -> Result<Appended, StoreError> {
+    pub async fn append(
+        &self,
+        fragment: Fragment,
+        now: UnixMillis,
+    ) -> Result<Appended, StoreError> {
         let limit = self.config.fragment_bytes_max;
         if fragment.payload.len() > limit as usize {
-            return Err(StoreError::FragmentTooLarge { bytes: fragment.payload.len(), limit });
+            return Err(StoreError::FragmentTooLarge {
+                bytes: fragment.payload.len(),
+                limit,
+            });
         }
         let stream = self.stream_for_producer(&fragment.meta.id.stream, now)?;
         stream.append(fragment, now).await
@@ -268,11 +327,21 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<FragmentSummary>, StoreError> {
         let limit = limit.min(LIST_FRAGMENTS_MAX);
-        self.stream(name)?.list(&ListQuery { kind, start, end, after, limit })
+        self.stream(name)?.list(&ListQuery {
+            kind,
+            start,
+            end,
+            after,
+            limit,
+        })
     }
 
     /// The fragment's summary and exact payload (checksum verified).
-    pub fn read_fragment(&self, name: &StreamName, number: FragmentNumber) -> Result<(FragmentSummary, Bytes), StoreError> {
+    pub fn read_fragment(
+        &self,
+        name: &StreamName,
+        number: FragmentNumber,
+    ) -> Result<(FragmentSummary, Bytes), StoreError> {
         self.stream(name)?.read(number)
     }
 
@@ -324,7 +393,11 @@ fn check_version(info: &StreamInfo, given: &str) -> Result<(), StoreError> {
 
 /// A fresh version string: random, so two updates never share one.
 fn new_version() -> String {
-    rand::rng().sample_iter(rand::distr::Alphanumeric).take(VERSION_CHARS).map(char::from).collect()
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(VERSION_CHARS)
+        .map(char::from)
+        .collect()
 }
 
 #[cfg(test)]

@@ -21,7 +21,9 @@ impl fmt::Display for FragmentNumber {
 
 /// Why a string is not a fragment number.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{text:?} is not a fragment number (expected {FRAGMENT_NUMBER_DIGITS} digits, as issued by this server)")]
+#[error(
+    "{text:?} is not a fragment number (expected {FRAGMENT_NUMBER_DIGITS} digits, as issued by this server)"
+)]
 pub struct FragmentNumberError {
     pub text: String,
 }
@@ -29,13 +31,17 @@ pub struct FragmentNumberError {
 impl FromStr for FragmentNumber {
     type Err = FragmentNumberError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let refuse = || FragmentNumberError { text: s.chars().take(64).collect() };
+        let refuse = || FragmentNumberError {
+            text: s.chars().take(64).collect(),
+        };
         if s.len() != FRAGMENT_NUMBER_DIGITS || !s.bytes().all(|b| b.is_ascii_digit()) {
             return Err(refuse());
         }
         let value: u128 = s.parse().map_err(|_| refuse())?;
         let counter = value.checked_sub(DISPLAY_OFFSET).ok_or_else(refuse)?;
-        u64::try_from(counter).map(FragmentNumber).map_err(|_| refuse())
+        u64::try_from(counter)
+            .map(FragmentNumber)
+            .map_err(|_| refuse())
     }
 }
 
@@ -56,7 +62,10 @@ mod tests {
     #[test]
     fn text_order_is_number_order() {
         let numbers = [0u64, 9, 10, 99, 100, 12_345_678, u64::MAX];
-        let texts: Vec<String> = numbers.iter().map(|n| FragmentNumber(*n).to_string()).collect();
+        let texts: Vec<String> = numbers
+            .iter()
+            .map(|n| FragmentNumber(*n).to_string())
+            .collect();
         let mut sorted = texts.clone();
         sorted.sort();
         assert_eq!(texts, sorted);
@@ -64,7 +73,15 @@ mod tests {
 
     #[test]
     fn malformed_numbers_are_refused() {
-        for bad in ["", "123", "0000000000000000000a", "09999999999999999999", "99999999999999999999", "+1000000000000000000", "100000000000000000000"] {
+        for bad in [
+            "",
+            "123",
+            "0000000000000000000a",
+            "09999999999999999999",
+            "99999999999999999999",
+            "+1000000000000000000",
+            "100000000000000000000",
+        ] {
             assert!(bad.parse::<FragmentNumber>().is_err(), "{bad}");
         }
     }

@@ -35,7 +35,13 @@ impl RecordHeader {
         out.push(RECORD_VERSION);
         out.extend_from_slice(&[0; 3]);
         out.extend_from_slice(&self.payload_crc.to_le_bytes());
-        for value in [self.number, self.epoch, self.sequence, self.producer_ms, self.server_ms] {
+        for value in [
+            self.number,
+            self.epoch,
+            self.sequence,
+            self.producer_ms,
+            self.server_ms,
+        ] {
             out.extend_from_slice(&value.to_le_bytes());
         }
         out.extend_from_slice(&self.duration_ms.to_le_bytes());
@@ -112,8 +118,12 @@ mod tests {
         patch_assigned(&mut bytes, 11, 1_700_000_000_500, 9);
         let (decoded, payload) = RecordHeader::decode(&bytes).unwrap();
         assert_eq!(payload, b"hello");
-        let expected =
-            RecordHeader { number: 11, server_ms: 1_700_000_000_500, epoch_watermark: 9, ..header };
+        let expected = RecordHeader {
+            number: 11,
+            server_ms: 1_700_000_000_500,
+            epoch_watermark: 9,
+            ..header
+        };
         assert_eq!(decoded, expected);
         assert!(RecordHeader::decode(&bytes[..RECORD_HEADER_BYTES + 4]).is_err());
         assert!(RecordHeader::decode(&bytes[..10]).is_err());

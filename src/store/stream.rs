@@ -80,9 +80,16 @@ enum Reserve {
 
 impl Stream {
     /// Opens the stream in `dir`, rebuilding its indexes from its log.
-    pub fn open(dir: &Path, info: StreamInfo, log_config: LogConfig) -> Result<Arc<Stream>, StoreError> {
+    pub fn open(
+        dir: &Path,
+        info: StreamInfo,
+        log_config: LogConfig,
+    ) -> Result<Arc<Stream>, StoreError> {
         let mut state = State::default();
-        let mut submit = Submit { next_number: 0, last_server_ms: 0 };
+        let mut submit = Submit {
+            next_number: 0,
+            last_server_ms: 0,
+        };
         let log_dir = dir.join("log");
         let (log, recovery) = RecordLog::open_scanning(&log_dir, log_config, |pos, bytes| {
             rebuild_one(&mut state, &mut submit, &log_dir, pos, bytes)
@@ -108,20 +115,31 @@ impl Stream {
     }
 
     pub fn lock_info(&self) -> MutexGuard<'_, StreamInfo> {
-        self.info.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.info
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
         // The state stays consistent at every unlock point, so a panic elsewhere leaves it usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn next_sequence(&self, epoch: u64) -> u64 {
-        self.lock_state().dedup.get(&epoch).map_or(0, EpochDedup::watermark)
+        self.lock_state()
+            .dedup
+            .get(&epoch)
+            .map_or(0, EpochDedup::watermark)
     }
 
     /// Stores `fragment` durably unless its id is already stored.
-    pub async fn append(self: &Arc<Self>, fragment: Fragment, now: UnixMillis) -> Result<Appended, StoreError> {
+    pub async fn append(
+        self: &Arc<Self>,
+        fragment: Fragment,
+        now: UnixMillis,
+    ) -> Result<Appended, StoreError> {
         let id = fragment.meta.id.clone();
         let mut reservation = match self.reserve(&id).await? {
             Reserve::Known(number) => return Ok(Appended::Duplicate(number)),
@@ -139,12 +157,16 @@ impl Stream {
             epoch_watermark: 0,
         };
         let record = header.encode_with(&fragment.payload);
-        let (reply, number, server_ms) = self.submit_record(record, id.epoch, now, &mut reservation).await?;
+        let (reply, number, server_ms) = self
+            .submit_record(record, id.epoch, now, &mut reservation)
+            .await?;
         // Finish in a task of its own: if the caller stops waiting, a durable record still
         // reaches the index and the dedup state.
         let stream = Arc::clone(self);
         let finish = tokio::spawn(async move {
-            let pos = reply.await.map_err(|_| crate::record_log::LogError::WriterStopped)??;
+            let pos = reply
+                .await
+                .map_err(|_| crate::record_log::LogError::WriterStopped)??;
             let entry = Entry {
                 pos,
                 producer_ms: header.producer_ms,
@@ -158,7 +180,9 @@ impl Stream {
             drop(reservation);
             Ok::<_, StoreError>(Appended::Stored(FragmentNumber(number)))
         });
-        finish.await.map_err(|_| StoreError::Log(crate::record_log::LogError::WriterStopped))?
+        finish
+            .await
+            .map_err(|_| StoreError::Log(crate::record_log::LogError::WriterStopped))?
     }
 
     /// Numbers the record, stamps the server time and watermark, and queues it to the log,
@@ -169,7 +193,14 @@ impl Stream {
         epoch: u64,
         now: UnixMillis,
         reservation: &mut Reservation,
-    ) -> Result<(tokio::sync::oneshot::Receiver<Result<RecordPos, crate::record_log::LogError>>, u64, u64), StoreError> {
+    ) -> Result<
+        (
+            tokio::sync::oneshot::Receiver<Result<RecordPos, crate::record_log::LogError>>,
+            u64,
+            u64,
+        ),
+        StoreError,
+    > {
         let mut submit = self.submit.lock().await;
         let number = submit.next_number;
         let server_ms = now.0.max(submit.last_server_ms);
@@ -188,7 +219,11 @@ impl Stream {
 
     fn record_stored(&self, number: u64, entry: Entry) {
         let mut state = self.lock_state();
-        state.dedup.entry(entry.epoch).or_default().insert(entry.sequence, number);
+        state
+            .dedup
+            .entry(entry.epoch)
+            .or_default()
+            .insert(entry.sequence, number);
         state.index.insert(number, entry);
     }
 
@@ -204,7 +239,10 @@ impl Stream {
                     Seen::Stored(number) => return Ok(Reserve::Known(FragmentNumber(number))),
                     Seen::Expired => return Err(StoreError::FragmentExpired { id: id.clone() }),
                     Seen::New if dedup.is_full() => {
-                        return Err(StoreError::SequenceGapsExceeded { stream: self.name.clone(), epoch: id.epoch });
+                        return Err(StoreError::SequenceGapsExceeded {
+                            stream: self.name.clone(),
+                            epoch: id.epoch,
+                        });
                     }
                     Seen::New => {}
                 }
@@ -214,7 +252,12 @@ impl Stream {
                         let (done, receiver) = watch::channel(());
                         state.pending.insert(key, receiver);
                         let stream = Arc::clone(self);
-                        return Ok(Reserve::Reserved(Reservation { stream, key, number: None, _done: done }));
+                        return Ok(Reserve::Reserved(Reservation {
+                            stream,
+                            key,
+                            number: None,
+                            _done: done,
+                        }));
                     }
                 }
             };
@@ -228,18 +271,31 @@ impl Stream {
         self.lock_state()
             .index
             .list(query)
-            .map_err(|number| StoreError::FragmentNotFound { stream: self.name.clone(), number })
+            .map_err(|number| StoreError::FragmentNotFound {
+                stream: self.name.clone(),
+                number,
+            })
     }
 
     pub fn read(&self, number: FragmentNumber) -> Result<(FragmentSummary, Bytes), StoreError> {
-        let not_found = || StoreError::FragmentNotFound { stream: self.name.clone(), number };
-        let entry = *self.lock_state().index.get(number.0).ok_or_else(not_found)?;
+        let not_found = || StoreError::FragmentNotFound {
+            stream: self.name.clone(),
+            number,
+        };
+        let entry = *self
+            .lock_state()
+            .index
+            .get(number.0)
+            .ok_or_else(not_found)?;
         let record = match self.reader.read(entry.pos) {
             Err(crate::record_log::LogError::SegmentNotFound { .. }) => return Err(not_found()),
             other => other?,
         };
         let path = self.dir.join("log");
-        let corrupt = |reason: &str| StoreError::Corrupt { path: path.clone(), reason: format!("fragment {number}: {reason}") };
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            path: path.clone(),
+            reason: format!("fragment {number}: {reason}"),
+        };
         let (header, payload) = RecordHeader::decode(&record).map_err(corrupt)?;
         if header.number != number.0 {
             return Err(corrupt("record holds another fragment number"));
@@ -263,7 +319,10 @@ impl Stream {
         }
         log.remove_segments(&expired)?;
         drop(log);
-        let fragments: usize = expired.iter().map(|&id| state.index.remove_segment(id)).sum();
+        let fragments: usize = expired
+            .iter()
+            .map(|&id| state.index.remove_segment(id))
+            .sum();
         tracing::info!(stream = %self.name, segments = expired.len(), fragments, "Retention deleted old segments.");
         Ok(expired.len())
     }
@@ -282,13 +341,21 @@ fn segment_ages(state: &State, segments: &[crate::record_log::SegmentInfo]) -> V
             // every in-flight one, this segment holds no in-flight record.
             let complete = match min_inflight {
                 None => true,
-                Some(min) => spans[i + 1..].iter().flatten().next().is_some_and(|s| s.first_number < min),
+                Some(min) => spans[i + 1..]
+                    .iter()
+                    .flatten()
+                    .next()
+                    .is_some_and(|s| s.first_number < min),
             };
             let newest_ms = match spans[i] {
                 Some(span) if complete => span.newest_server_ms,
                 _ => u64::MAX,
             };
-            SegmentAge { id: segment.id, newest_ms: UnixMillis(newest_ms), sealed: segment.sealed }
+            SegmentAge {
+                id: segment.id,
+                newest_ms: UnixMillis(newest_ms),
+                sealed: segment.sealed,
+            }
         })
         .collect()
 }

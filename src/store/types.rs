@@ -80,7 +80,13 @@ pub struct NewStream {
 impl NewStream {
     /// A stream with only a name; everything else defaulted.
     pub fn named(name: StreamName) -> Self {
-        Self { name, device_name: None, media_type: None, kms_key_id: None, data_retention_hours: None }
+        Self {
+            name,
+            device_name: None,
+            media_type: None,
+            kms_key_id: None,
+            data_retention_hours: None,
+        }
     }
 }
 
@@ -132,11 +138,18 @@ pub enum StoreError {
     #[error("stream {0} already exists")]
     StreamExists(StreamName),
     #[error("stream {name} is at version {actual}, not {given}")]
-    VersionMismatch { name: StreamName, given: String, actual: String },
+    VersionMismatch {
+        name: StreamName,
+        given: String,
+        actual: String,
+    },
     #[error("invalid data retention: {reason}")]
     InvalidRetention { reason: String },
     #[error("fragment {number} not found in stream {stream}")]
-    FragmentNotFound { stream: StreamName, number: FragmentNumber },
+    FragmentNotFound {
+        stream: StreamName,
+        number: FragmentNumber,
+    },
     #[error("fragment {id} was stored before but has expired")]
     FragmentExpired { id: FragmentId },
     #[error("fragment of {bytes} bytes exceeds the limit of {limit} bytes")]
@@ -159,6 +172,9 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn io(path: &Path, source: io::Error) -> Self {
-        StoreError::Io { path: path.to_path_buf(), source }
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
