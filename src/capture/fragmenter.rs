@@ -172,7 +172,11 @@ mod tests {
     const FRAME_US: u32 = 100_000;
 
     fn limits() -> FragmentLimits {
-        FragmentLimits { target_ms: 2_000, duration_ms_max: 10_000, bytes_max: 1024 * 1024 }
+        FragmentLimits {
+            target_ms: 2_000,
+            duration_ms_max: 10_000,
+            bytes_max: 1024 * 1024,
+        }
     }
 
     fn format() -> StreamFormat {
@@ -233,7 +237,10 @@ mod tests {
         let lens: Vec<usize> = fragments.iter().map(|f| f.samples.len()).collect();
         assert_eq!(lens, [100, 100, 50]);
         assert!(fragments[0].starts_with_keyframe());
-        assert!(!fragments[1].starts_with_keyframe(), "a continuation is marked by its first sample");
+        assert!(
+            !fragments[1].starts_with_keyframe(),
+            "a continuation is marked by its first sample"
+        );
         assert!(fragments.iter().all(|f| f.duration_us() <= 10_000_000));
         assert_eq!(f.stats().forced_cuts, 2);
     }
@@ -256,7 +263,10 @@ mod tests {
     #[test]
     fn the_byte_cap_bounds_every_encoded_fragment() {
         let bytes_max = 4096;
-        let mut f = Fragmenter::new(FragmentLimits { bytes_max, ..limits() });
+        let mut f = Fragmenter::new(FragmentLimits {
+            bytes_max,
+            ..limits()
+        });
         f.set_format(format());
         let fragments = run(&mut f, 40, 20, 1000);
         assert!(fragments.len() >= 10);
@@ -275,7 +285,10 @@ mod tests {
         f.set_format(format());
         f.push(sample(0, true, 10));
         f.push(sample(1, false, 10));
-        let changed = StreamFormat { width: 1280, ..format() };
+        let changed = StreamFormat {
+            width: 1280,
+            ..format()
+        };
         let flushed = f.set_format(changed).unwrap();
         assert_eq!(flushed.samples.len(), 2);
         assert_eq!(f.push(sample(2, false, 10)), None);

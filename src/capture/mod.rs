@@ -89,7 +89,11 @@ impl CapturedFragment {
     pub(crate) fn new(media: MediaFragment) -> Self {
         let start_ms = u64::try_from(media.start_us().max(0) / 1000).unwrap_or(0);
         let duration_ms = u32::try_from(media.duration_us().div_ceil(1000)).unwrap_or(u32::MAX);
-        Self { producer_timestamp: UnixMillis(start_ms), duration_ms, media }
+        Self {
+            producer_timestamp: UnixMillis(start_ms),
+            duration_ms,
+            media,
+        }
     }
 }
 
@@ -106,20 +110,28 @@ pub enum CaptureEvent {
 pub enum CaptureError {
     #[error("GStreamer could not be initialised: {0}")]
     GstInit(String),
-    #[error("source {0:?} is not understood; use \"test\", \"file:PATH\", \"rtsp://...\", \"v4l2:/dev/videoN\", \"libcamera\" or \"jetson\"")]
+    #[error(
+        "source {0:?} is not understood; use \"test\", \"file:PATH\", \"rtsp://...\", \"v4l2:/dev/videoN\", \"libcamera\" or \"jetson\""
+    )]
     BadSource(String),
     #[error("source {0} is not supported in this version")]
     SourceUnsupported(String),
     #[error("file {0} does not exist")]
     FileNotFound(std::path::PathBuf),
     #[error("GStreamer element {element} is missing: {message}")]
-    ElementMissing { element: &'static str, message: String },
+    ElementMissing {
+        element: &'static str,
+        message: String,
+    },
     #[error("pipeline could not be linked: {0}")]
     Link(String),
     #[error("pipeline could not change state: {0}")]
     StateChange(String),
     #[error("pipeline error from {source_element}: {message}")]
-    Pipeline { source_element: String, message: String },
+    Pipeline {
+        source_element: String,
+        message: String,
+    },
     #[error("capture settings are invalid: {0}")]
     InvalidConfig(&'static str),
 }

@@ -52,14 +52,9 @@ impl Capture {
             other => return Err(CaptureError::SourceUnsupported(other.to_string())),
         };
         gst::init().map_err(|e| CaptureError::GstInit(e.to_string()))?;
+        let (pipeline, appsink) = build_pipeline(&config)?;
         let (tx, rx) = mpsc::channel(config.channel_fragments_max);
         let stop = Arc::new(AtomicBool::new(false));
-        let pipeline = gst::Pipeline::new();
-        let appsink = build_appsink(config.pace)?;
-        match &config.source {
-            SourceSpec::File(path) => add_file_source(&pipeline, path, appsink.upcast_ref())?,
-            _ => add_test_source(&pipeline, appsink.upcast_ref())?,
-        }
         let state = Arc::new(Mutex::new(SinkState {
             fragmenter: Fragmenter::new(config.limits()),
             caps: None,
@@ -68,16 +63,21 @@ impl Capture {
             stop: stop.clone(),
         }));
         install_callbacks(&appsink, state.clone());
-        let capture = Capture { pipeline, stop, bus_thread: None };
-        // From here on, dropping `capture` tears the pipeline down.
+        let bus = pipeline
+            .bus()
+            .ok_or(CaptureError::StateChange("pipeline has no bus".into()))?;
+        let bus_stop = stop.clone();
+        let bus_thread = std::thread::spawn(move || watch_bus(bus, state, tx, bus_stop));
+        // From here on, dropping `capture` stops the bus thread and tears the pipeline down.
+        let capture = Capture {
+            pipeline,
+            stop,
+            bus_thread: Some(bus_thread),
+        };
         capture
             .pipeline
             .set_state(gst::State::Playing)
             .map_err(|e| CaptureError::StateChange(e.to_string()))?;
-        let bus = capture.pipeline.bus().ok_or(CaptureError::StateChange("pipeline has no bus".into()))?;
-        let stop = capture.stop.clone();
-        let mut capture = capture;
-        capture.bus_thread = Some(std::thread::spawn(move || watch_bus(bus, state, tx, stop)));
         tracing::info!(source = %config.source, pace = ?config.pace, "Capture started.");
         Ok((capture, rx))
     }
@@ -102,9 +102,24 @@ impl Drop for Capture {
     }
 }
 
+/// The whole pipeline for the configured source, ending in the returned appsink.
+fn build_pipeline(
+    config: &CaptureConfig,
+) -> Result<(gst::Pipeline, gst_app::AppSink), CaptureError> {
+    let pipeline = gst::Pipeline::new();
+    let appsink = build_appsink(config.pace);
+    match &config.source {
+        SourceSpec::File(path) => add_file_source(&pipeline, path, appsink.upcast_ref())?,
+        _ => add_test_source(&pipeline, appsink.upcast_ref())?,
+    }
+    Ok((pipeline, appsink))
+}
+
 fn validate(config: &CaptureConfig) -> Result<(), CaptureError> {
     if config.fragment_target_ms == 0 {
-        return Err(CaptureError::InvalidConfig("fragment_target_ms must be above 0"));
+        return Err(CaptureError::InvalidConfig(
+            "fragment_target_ms must be above 0",
+        ));
     }
     if config.fragment_duration_ms_max < config.fragment_target_ms {
         return Err(CaptureError::InvalidConfig(
@@ -112,16 +127,23 @@ fn validate(config: &CaptureConfig) -> Result<(), CaptureError> {
         ));
     }
     if config.fragment_bytes_max <= PAYLOAD_HEADER_BYTES {
-        return Err(CaptureError::InvalidConfig("fragment_bytes_max is too small for any sample"));
+        return Err(CaptureError::InvalidConfig(
+            "fragment_bytes_max is too small for any sample",
+        ));
     }
     if config.channel_fragments_max == 0 {
-        return Err(CaptureError::InvalidConfig("channel_fragments_max must be above 0"));
+        return Err(CaptureError::InvalidConfig(
+            "channel_fragments_max must be above 0",
+        ));
     }
     Ok(())
 }
 
 fn missing(element: &'static str) -> impl FnOnce(gst::glib::BoolError) -> CaptureError {
-    move |e| CaptureError::ElementMissing { element, message: e.to_string() }
+    move |e| CaptureError::ElementMissing {
+        element,
+        message: e.to_string(),
+    }
 }
 
 fn make<'a>(factory: &'static str) -> gst::element_factory::ElementBuilder<'a> {
@@ -134,15 +156,19 @@ fn avc_caps_filter() -> Result<gst::Element, CaptureError> {
         .field("stream-format", "avc")
         .field("alignment", "au")
         .build();
-    make("capsfilter").property("caps", caps).build().map_err(missing("capsfilter"))
+    make("capsfilter")
+        .property("caps", caps)
+        .build()
+        .map_err(missing("capsfilter"))
 }
 
-fn build_appsink(pace: Pace) -> Result<gst_app::AppSink, CaptureError> {
-    Ok(gst_app::AppSink::builder()
+/// `sync=true` replays at the clip's pace; `max-buffers` bounds what waits in the sink.
+fn build_appsink(pace: Pace) -> gst_app::AppSink {
+    gst_app::AppSink::builder()
         .sync(pace == Pace::RealTime)
         .max_buffers(APPSINK_BUFFERS_MAX)
         .drop(false)
-        .build())
+        .build()
 }
 
 /// `videotestsrc ! video/x-raw,640x360@25 ! x264enc ! h264parse ! avc/au ! appsink`.
@@ -157,8 +183,10 @@ fn add_test_source(pipeline: &gst::Pipeline, sink: &gst::Element) -> Result<(), 
         .field("height", 360i32)
         .field("framerate", gst::Fraction::new(25, 1))
         .build();
-    let raw_filter =
-        make("capsfilter").property("caps", raw_caps).build().map_err(missing("capsfilter"))?;
+    let raw_filter = make("capsfilter")
+        .property("caps", raw_caps)
+        .build()
+        .map_err(missing("capsfilter"))?;
     let encoder = make("x264enc")
         .property_from_str("tune", "zerolatency")
         .property("key-int-max", 50u32)
@@ -167,14 +195,26 @@ fn add_test_source(pipeline: &gst::Pipeline, sink: &gst::Element) -> Result<(), 
         .build()
         .map_err(missing("x264enc"))?;
     let parse = h264parse()?;
-    let elements = [&src, &raw_filter, &encoder, &parse, &avc_caps_filter()?, sink];
-    pipeline.add_many(elements).map_err(|e| CaptureError::Link(e.to_string()))?;
+    let elements = [
+        &src,
+        &raw_filter,
+        &encoder,
+        &parse,
+        &avc_caps_filter()?,
+        sink,
+    ];
+    pipeline
+        .add_many(elements)
+        .map_err(|e| CaptureError::Link(e.to_string()))?;
     gst::Element::link_many(elements).map_err(|e| CaptureError::Link(e.to_string()))
 }
 
 /// `h264parse config-interval=-1`: SPS/PPS repeated at every IDR.
 fn h264parse() -> Result<gst::Element, CaptureError> {
-    make("h264parse").property("config-interval", -1i32).build().map_err(missing("h264parse"))
+    make("h264parse")
+        .property("config-interval", -1i32)
+        .build()
+        .map_err(missing("h264parse"))
 }
 
 /// `filesrc ! parsebin ! h264parse ! avc/au ! appsink`: parsebin finds the container (MP4,
@@ -192,8 +232,11 @@ fn add_file_source(
     let parse = h264parse()?;
     let caps_filter = avc_caps_filter()?;
     let link = |e: gst::glib::BoolError| CaptureError::Link(e.to_string());
-    pipeline.add_many([&src, &parsebin, &parse, &caps_filter, sink]).map_err(link)?;
-    src.link(&parsebin).map_err(|e| CaptureError::Link(e.to_string()))?;
+    pipeline
+        .add_many([&src, &parsebin, &parse, &caps_filter, sink])
+        .map_err(link)?;
+    src.link(&parsebin)
+        .map_err(|e| CaptureError::Link(e.to_string()))?;
     gst::Element::link_many([&parse, &caps_filter, sink]).map_err(link)?;
     let parse_weak = parse.downgrade();
     parsebin.connect_pad_added(move |_, pad| {
@@ -207,8 +250,12 @@ fn add_file_source(
 /// Links the first H.264 pad of parsebin; other streams (audio, a second video) stay unlinked.
 fn link_h264_pad(pad: &gst::Pad, parse: &gst::Element) {
     let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-    let is_h264 = caps.structure(0).is_some_and(|s| s.name() == "video/x-h264");
-    let Some(sink_pad) = parse.static_pad("sink") else { return };
+    let is_h264 = caps
+        .structure(0)
+        .is_some_and(|s| s.name() == "video/x-h264");
+    let Some(sink_pad) = parse.static_pad("sink") else {
+        return;
+    };
     if !is_h264 || sink_pad.is_linked() {
         tracing::debug!(caps = %caps, "Capture ignores a stream it does not carry.");
         return;
@@ -230,7 +277,9 @@ struct SinkState {
 fn lock(state: &Mutex<SinkState>) -> MutexGuard<'_, SinkState> {
     // A panic elsewhere never leaves the fragmenter half-updated in a way that matters more
     // than losing the stream, so a poisoned lock is used as is.
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn install_callbacks(appsink: &gst_app::AppSink, state: Arc<Mutex<SinkState>>) {
@@ -260,7 +309,10 @@ fn handle_sample(
 }
 
 impl SinkState {
-    fn apply_caps(&mut self, caps: &gst::CapsRef) -> Result<Option<crate::media::MediaFragment>, gst::FlowError> {
+    fn apply_caps(
+        &mut self,
+        caps: &gst::CapsRef,
+    ) -> Result<Option<crate::media::MediaFragment>, gst::FlowError> {
         let (format, frame_rate) = format_from_caps(caps).map_err(|error| {
             tracing::error!(%error, %caps, "Capture cannot use the stream's caps.");
             gst::FlowError::NotNegotiated
@@ -289,7 +341,9 @@ impl SinkState {
 /// The stream format and frame rate (numerator, denominator) from `video/x-h264` caps.
 fn format_from_caps(caps: &gst::CapsRef) -> Result<(StreamFormat, Option<(u64, u64)>), String> {
     let s = caps.structure(0).ok_or("caps are empty")?;
-    let config = s.get::<gst::Buffer>("codec_data").map_err(|e| e.to_string())?;
+    let config = s
+        .get::<gst::Buffer>("codec_data")
+        .map_err(|e| e.to_string())?;
     let config = config.map_readable().map_err(|e| e.to_string())?;
     let codec_config = Bytes::copy_from_slice(config.as_slice());
     let (width, height) = match (s.get::<i32>("width"), s.get::<i32>("height")) {
@@ -304,7 +358,12 @@ fn format_from_caps(caps: &gst::CapsRef) -> Result<(StreamFormat, Option<(u64, u
         .ok()
         .filter(|f| f.numer() > 0 && f.denom() > 0)
         .map(|f| (f.numer() as u64, f.denom() as u64));
-    let format = StreamFormat { codec: Codec::H264, width, height, codec_config };
+    let format = StreamFormat {
+        codec: Codec::H264,
+        width,
+        height,
+        codec_config,
+    };
     Ok((format, frame_rate))
 }
 
@@ -330,7 +389,9 @@ impl Timing {
     fn sample(&mut self, sample: &gst::Sample) -> Result<Sample, gst::FlowError> {
         let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
         let (pts_ns, dts_ns) = self.times_ns(sample, buffer);
-        let duration_ns = buffer.duration().map_or(self.frame_duration_ns, |d| d.nseconds());
+        let duration_ns = buffer
+            .duration()
+            .map_or(self.frame_duration_ns, |d| d.nseconds());
         self.frame_index += 1;
         let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
         Ok(Sample {
@@ -353,9 +414,14 @@ impl Timing {
         if !self.live {
             return (pts.nseconds(), dts.nseconds());
         }
-        let segment = sample.segment().and_then(|s| s.downcast_ref::<gst::ClockTime>());
+        let segment = sample
+            .segment()
+            .and_then(|s| s.downcast_ref::<gst::ClockTime>());
         let running = |t: gst::ClockTime| {
-            segment.and_then(|s| s.to_running_time(t)).unwrap_or(t).nseconds()
+            segment
+                .and_then(|s| s.to_running_time(t))
+                .unwrap_or(t)
+                .nseconds()
         };
         (running(pts), running(dts))
     }
@@ -389,7 +455,9 @@ fn watch_bus(
     let types = [gst::MessageType::Eos, gst::MessageType::Error];
     while !stop.load(Ordering::SeqCst) {
         let timeout = gst::ClockTime::from_mseconds(BUS_POLL_MS);
-        let Some(message) = bus.timed_pop_filtered(timeout, &types) else { continue };
+        let Some(message) = bus.timed_pop_filtered(timeout, &types) else {
+            continue;
+        };
         let event = match message.view() {
             gst::MessageView::Eos(_) => {
                 let last = lock(&state).fragmenter.finish();
@@ -404,14 +472,18 @@ fn watch_bus(
                 CaptureEvent::EndOfStream
             }
             gst::MessageView::Error(err) => {
-                let source_element =
-                    err.src().map_or_else(|| "pipeline".to_owned(), |s| s.path_string().to_string());
+                let source_element = err
+                    .src()
+                    .map_or_else(|| "pipeline".to_owned(), |s| s.path_string().to_string());
                 let message = match err.debug() {
                     Some(debug) => format!("{} ({debug})", err.error()),
                     None => err.error().to_string(),
                 };
                 tracing::error!(source = %source_element, %message, "Capture pipeline failed.");
-                CaptureEvent::Error(CaptureError::Pipeline { source_element, message })
+                CaptureEvent::Error(CaptureError::Pipeline {
+                    source_element,
+                    message,
+                })
             }
             _ => continue,
         };

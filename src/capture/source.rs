@@ -35,10 +35,14 @@ impl FromStr for SourceSpec {
             _ => {}
         }
         if let Some(path) = s.strip_prefix("file:") {
-            return non_empty(path).map(|p| SourceSpec::File(PathBuf::from(p))).ok_or_else(bad);
+            return non_empty(path)
+                .map(|p| SourceSpec::File(PathBuf::from(p)))
+                .ok_or_else(bad);
         }
         if let Some(device) = s.strip_prefix("v4l2:") {
-            return non_empty(device).map(|d| SourceSpec::V4l2(PathBuf::from(d))).ok_or_else(bad);
+            return non_empty(device)
+                .map(|d| SourceSpec::V4l2(PathBuf::from(d)))
+                .ok_or_else(bad);
         }
         if s.starts_with("rtsp://") || s.starts_with("rtsps://") {
             return Ok(SourceSpec::Rtsp(s.to_owned()));
@@ -83,10 +87,16 @@ mod tests {
             "v4l2:/dev/video0".parse::<SourceSpec>().unwrap(),
             SourceSpec::V4l2(PathBuf::from("/dev/video0"))
         );
-        assert_eq!("libcamera".parse::<SourceSpec>().unwrap(), SourceSpec::Libcamera);
+        assert_eq!(
+            "libcamera".parse::<SourceSpec>().unwrap(),
+            SourceSpec::Libcamera
+        );
         assert_eq!("jetson".parse::<SourceSpec>().unwrap(), SourceSpec::Jetson);
         for bad in ["", "file:", "v4l2:", "http://x", "tests"] {
-            assert!(matches!(bad.parse::<SourceSpec>(), Err(CaptureError::BadSource(_))), "{bad}");
+            assert!(
+                matches!(bad.parse::<SourceSpec>(), Err(CaptureError::BadSource(_))),
+                "{bad}"
+            );
         }
         let spec = "file:a.mkv".parse::<SourceSpec>().unwrap();
         assert_eq!(spec.to_string(), "file:a.mkv");

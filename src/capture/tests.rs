@@ -22,7 +22,9 @@ fn assets_dir() -> Option<PathBuf> {
 /// A sample clip, or `None` after a loud message when no assets directory exists.
 fn video(name: &str) -> Option<PathBuf> {
     let Some(dir) = assets_dir() else {
-        eprintln!("SKIPPED: no assets directory; set HYDRANT_ASSETS to run the capture tests on clips");
+        eprintln!(
+            "SKIPPED: no assets directory; set HYDRANT_ASSETS to run the capture tests on clips"
+        );
         return None;
     };
     let path = dir.join("videos").join(name);
@@ -36,7 +38,10 @@ fn collect(
     fragments_max: usize,
     timeout_ms: u64,
 ) -> (Vec<CapturedFragment>, Option<CaptureEvent>) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     let (capture, mut rx) = Capture::start(config, ORIGIN).expect("capture starts");
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
     let mut fragments = Vec::new();
@@ -62,20 +67,33 @@ fn file_capture(path: PathBuf) -> (Vec<CapturedFragment>, Option<CaptureEvent>) 
 fn assert_one_fragment_per_gop(name: &str) {
     let Some(path) = video(name) else { return };
     let (fragments, end) = file_capture(path);
-    assert!(matches!(end, Some(CaptureEvent::EndOfStream)), "{name}: ended with {end:?}");
+    assert!(
+        matches!(end, Some(CaptureEvent::EndOfStream)),
+        "{name}: ended with {end:?}"
+    );
     assert_eq!(fragments.len(), 70, "{name}: one fragment per 2 s GOP");
     let samples: usize = fragments.iter().map(|f| f.media.samples.len()).sum();
     assert_eq!(samples, 1394);
     assert!(fragments.iter().all(|f| f.media.starts_with_keyframe()));
-    assert!(fragments.iter().all(|f| (f.media.width, f.media.height) == (768, 432)));
+    assert!(
+        fragments
+            .iter()
+            .all(|f| (f.media.width, f.media.height) == (768, 432))
+    );
     assert_eq!(fragments[0].producer_timestamp, ORIGIN);
     for pair in fragments.windows(2) {
         let step = pair[1].producer_timestamp.0 - pair[0].producer_timestamp.0;
-        assert!((1_990..=2_010).contains(&step), "{name}: producer timestamps step {step} ms");
+        assert!(
+            (1_990..=2_010).contains(&step),
+            "{name}: producer timestamps step {step} ms"
+        );
         assert!((1_990..=2_010).contains(&pair[0].duration_ms));
     }
     let payload = fragments[3].media.encode();
-    assert_eq!(MediaFragment::decode(&payload).as_ref(), Ok(&fragments[3].media));
+    assert_eq!(
+        MediaFragment::decode(&payload).as_ref(),
+        Ok(&fragments[3].media)
+    );
 }
 
 #[test]
@@ -90,18 +108,30 @@ fn matroska_file_gives_one_fragment_per_gop() {
 
 #[test]
 fn raw_annexb_file_gets_synthesized_timing() {
-    let Some(path) = video("beweging_walking-by.h264") else { return };
+    let Some(path) = video("beweging_walking-by.h264") else {
+        return;
+    };
     let (fragments, end) = file_capture(path);
-    assert!(matches!(end, Some(CaptureEvent::EndOfStream)), "ended with {end:?}");
+    assert!(
+        matches!(end, Some(CaptureEvent::EndOfStream)),
+        "ended with {end:?}"
+    );
     let samples: Vec<_> = fragments.iter().flat_map(|f| &f.media.samples).collect();
     assert_eq!(samples.len(), 463);
     assert!(fragments.iter().all(|f| f.media.starts_with_keyframe()));
     let frame_us = 1_000_000 / i64::from(DEFAULT_FRAME_RATE_FPS);
     for (index, sample) in samples.iter().enumerate() {
-        assert_eq!(sample.pts_us, ORIGIN.0 as i64 * 1000 + index as i64 * frame_us);
+        assert_eq!(
+            sample.pts_us,
+            ORIGIN.0 as i64 * 1000 + index as i64 * frame_us
+        );
         assert_eq!(sample.duration_us as i64, frame_us);
     }
-    assert!(fragments.windows(2).all(|p| p[0].producer_timestamp < p[1].producer_timestamp));
+    assert!(
+        fragments
+            .windows(2)
+            .all(|p| p[0].producer_timestamp < p[1].producer_timestamp)
+    );
 }
 
 #[test]
@@ -113,7 +143,11 @@ fn live_test_source_gives_keyframe_fragments() {
     for fragment in &fragments {
         assert!(fragment.media.starts_with_keyframe());
         assert_eq!((fragment.media.width, fragment.media.height), (640, 360));
-        assert!((1_900..=2_100).contains(&fragment.duration_ms), "{}", fragment.duration_ms);
+        assert!(
+            (1_900..=2_100).contains(&fragment.duration_ms),
+            "{}",
+            fragment.duration_ms
+        );
         assert!(fragment.producer_timestamp >= ORIGIN);
     }
     assert!(fragments[0].producer_timestamp < fragments[1].producer_timestamp);
@@ -121,16 +155,30 @@ fn live_test_source_gives_keyframe_fragments() {
 
 #[test]
 fn start_refuses_what_it_cannot_capture() {
-    for spec in ["rtsp://camera/stream", "v4l2:/dev/video0", "libcamera", "jetson"] {
+    for spec in [
+        "rtsp://camera/stream",
+        "v4l2:/dev/video0",
+        "libcamera",
+        "jetson",
+    ] {
         let config = CaptureConfig::new(spec.parse().unwrap(), Pace::RealTime);
         let result = Capture::start(config, ORIGIN);
-        assert!(matches!(result, Err(CaptureError::SourceUnsupported(_))), "{spec}");
+        assert!(
+            matches!(result, Err(CaptureError::SourceUnsupported(_))),
+            "{spec}"
+        );
     }
     let missing = CaptureConfig::new(SourceSpec::File("no/such/clip.mp4".into()), Pace::Fast);
-    assert!(matches!(Capture::start(missing, ORIGIN), Err(CaptureError::FileNotFound(_))));
+    assert!(matches!(
+        Capture::start(missing, ORIGIN),
+        Err(CaptureError::FileNotFound(_))
+    ));
     let mut zero_channel = CaptureConfig::new(SourceSpec::Test, Pace::Fast);
     zero_channel.channel_fragments_max = 0;
-    assert!(matches!(Capture::start(zero_channel, ORIGIN), Err(CaptureError::InvalidConfig(_))));
+    assert!(matches!(
+        Capture::start(zero_channel, ORIGIN),
+        Err(CaptureError::InvalidConfig(_))
+    ));
 }
 
 /// Decodes an MP4 file with GStreamer; returns the number of decoded frames.
@@ -141,7 +189,9 @@ fn decode_frames(path: &Path) -> Result<usize, String> {
         path.display()
     );
     let pipeline = gst::parse::launch(&description).map_err(|e| e.to_string())?;
-    let pipeline = pipeline.downcast::<gst::Pipeline>().map_err(|_| "not a pipeline")?;
+    let pipeline = pipeline
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| "not a pipeline")?;
     let sink = pipeline.by_name("sink").ok_or("no sink")?;
     let frames = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = frames.clone();
@@ -149,17 +199,20 @@ fn decode_frames(path: &Path) -> Result<usize, String> {
         counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         None
     });
-    pipeline.set_state(gst::State::Playing).map_err(|e| e.to_string())?;
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| e.to_string())?;
     let bus = pipeline.bus().ok_or("no bus")?;
     let timeout = gst::ClockTime::from_seconds(120);
-    let result = match bus.timed_pop_filtered(timeout, &[gst::MessageType::Eos, gst::MessageType::Error]) {
-        Some(message) => match message.view() {
-            gst::MessageView::Eos(_) => Ok(frames.load(std::sync::atomic::Ordering::SeqCst)),
-            gst::MessageView::Error(err) => Err(err.error().to_string()),
-            _ => Err("unexpected message".to_owned()),
-        },
-        None => Err("decoding timed out".to_owned()),
-    };
+    let result =
+        match bus.timed_pop_filtered(timeout, &[gst::MessageType::Eos, gst::MessageType::Error]) {
+            Some(message) => match message.view() {
+                gst::MessageView::Eos(_) => Ok(frames.load(std::sync::atomic::Ordering::SeqCst)),
+                gst::MessageView::Error(err) => Err(err.error().to_string()),
+                _ => Err("unexpected message".to_owned()),
+            },
+            None => Err("decoding timed out".to_owned()),
+        };
     let _ = pipeline.set_state(gst::State::Null);
     result
 }
@@ -167,17 +220,30 @@ fn decode_frames(path: &Path) -> Result<usize, String> {
 /// Duration in seconds as ffprobe reads it, or `None` when ffprobe is not installed.
 fn ffprobe_duration_s(path: &Path) -> Option<f64> {
     let output = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "format=duration", "-of", "default=nw=1:nk=1"])
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "default=nw=1:nk=1",
+        ])
         .arg(path)
         .output()
         .ok()?;
-    assert!(output.status.success(), "ffprobe failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).trim().parse().ok()
 }
 
 #[test]
 fn captured_fragments_mux_into_a_decodable_mp4() {
-    let Some(path) = video("intel_one-by-one-person-detection.mp4") else { return };
+    let Some(path) = video("intel_one-by-one-person-detection.mp4") else {
+        return;
+    };
     let (fragments, _) = file_capture(path);
     let media: Vec<MediaFragment> = fragments.into_iter().map(|f| f.media).collect();
     let samples: usize = media.iter().map(|m| m.samples.len()).sum();
@@ -187,7 +253,10 @@ fn captured_fragments_mux_into_a_decodable_mp4() {
     std::fs::write(&out, &file).unwrap();
     assert_eq!(decode_frames(&out), Ok(samples));
     match ffprobe_duration_s(&out) {
-        Some(duration) => assert!((duration - 139.4).abs() < 0.05, "ffprobe duration {duration}"),
+        Some(duration) => assert!(
+            (duration - 139.4).abs() < 0.05,
+            "ffprobe duration {duration}"
+        ),
         None => eprintln!("SKIPPED: ffprobe is not installed; duration not cross-checked"),
     }
     // A part of the clip muxes on its own too (fragments from the middle).
