@@ -265,3 +265,47 @@ fn captured_fragments_mux_into_a_decodable_mp4() {
     let part_samples = media[10..13].iter().map(|m| m.samples.len()).sum();
     assert_eq!(decode_frames(&out), Ok(part_samples));
 }
+
+#[test]
+fn stop_returns_while_the_consumer_is_not_reading() {
+    let Some(path) = video("intel_one-by-one-person-detection.mp4") else {
+        return;
+    };
+    let mut config = CaptureConfig::new(SourceSpec::File(path), Pace::Fast);
+    config.channel_fragments_max = 1;
+    let (capture, mut rx) = Capture::start(config, ORIGIN).expect("capture starts");
+    // Let the pipeline fill the channel and block on it.
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    capture.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "stop took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(rx.try_recv(), Ok(CaptureEvent::Fragment(_))),
+        "the one queued fragment"
+    );
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing more than the channel holds"
+    );
+}
+
+#[test]
+fn a_file_without_video_reports_a_pipeline_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.mp4");
+    std::fs::write(&path, b"this is not a video file at all, only some text").unwrap();
+    let config = CaptureConfig::new(SourceSpec::File(path), Pace::Fast);
+    let (fragments, end) = collect(config, usize::MAX, 10_000);
+    assert!(fragments.is_empty());
+    assert!(
+        matches!(
+            end,
+            Some(CaptureEvent::Error(CaptureError::Pipeline { .. }))
+        ),
+        "{end:?}"
+    );
+}
