@@ -121,7 +121,7 @@ pub enum MediaError {
     Empty,
     #[error("fragments carry different codec configurations; muxing them needs one")]
     CodecConfigMismatch,
-    #[error("decoding timestamps go backwards at sample {index}")]
+    #[error("decoding timestamps go backwards, or jump by more than 13 hours, at sample {index}")]
     NonMonotonicTimestamps { index: usize },
     #[error("picture size {width}x{height} does not fit an MP4 sample entry")]
     DimensionsTooLarge { width: u32, height: u32 },
