@@ -5,8 +5,8 @@
 //! The track timescale is 90 kHz; sample deltas are taken from consecutive decoding times
 //! (rounded on the absolute times so that rounding never drifts), the last sample keeps its own
 //! duration, so a gap between fragments (a missing one) stays a gap in the timeline rather than
-//! shifting later samples. All fragments must share one codec configuration: a second sample description is
-//! deliberately not supported, so a change is a typed error.
+//! shifting later samples. All fragments must share one codec configuration: a second sample
+//! description is deliberately not supported, so a change is a typed error.
 
 use super::{MediaError, MediaFragment, Sample, h264};
 
