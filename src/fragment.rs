@@ -25,7 +25,9 @@ pub enum StreamNameError {
     Empty,
     #[error("stream name is {len} bytes long; the limit is {STREAM_NAME_LEN_MAX}")]
     TooLong { len: usize },
-    #[error("stream name {name:?} has the character {bad:?}; only a-z, A-Z, 0-9, '_', '.' and '-' are allowed")]
+    #[error(
+        "stream name {name:?} has the character {bad:?}; only a-z, A-Z, 0-9, '_', '.' and '-' are allowed"
+    )]
     BadCharacter { name: String, bad: char },
     #[error("stream name {0:?} is reserved")]
     Reserved(String),
@@ -86,7 +88,9 @@ impl std::str::FromStr for StreamName {
 }
 
 /// Milliseconds since the Unix epoch, UTC. Used for producer and server timestamps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct UnixMillis(pub u64);
 
 impl UnixMillis {
@@ -177,10 +181,22 @@ mod tests {
     fn stream_names_follow_the_kvs_pattern() {
         assert!(StreamName::new("front-door_1.cam").is_ok());
         assert_eq!(StreamName::new(""), Err(StreamNameError::Empty));
-        assert!(matches!(StreamName::new("../etc"), Err(StreamNameError::BadCharacter { bad: '/', .. })));
-        assert!(matches!(StreamName::new(".."), Err(StreamNameError::Reserved(_))));
-        assert!(matches!(StreamName::new("a b"), Err(StreamNameError::BadCharacter { bad: ' ', .. })));
-        assert!(matches!(StreamName::new("x".repeat(257)), Err(StreamNameError::TooLong { len: 257 })));
+        assert!(matches!(
+            StreamName::new("../etc"),
+            Err(StreamNameError::BadCharacter { bad: '/', .. })
+        ));
+        assert!(matches!(
+            StreamName::new(".."),
+            Err(StreamNameError::Reserved(_))
+        ));
+        assert!(matches!(
+            StreamName::new("a b"),
+            Err(StreamNameError::BadCharacter { bad: ' ', .. })
+        ));
+        assert!(matches!(
+            StreamName::new("x".repeat(257)),
+            Err(StreamNameError::TooLong { len: 257 })
+        ));
         assert!(StreamName::new("x".repeat(256)).is_ok());
     }
 
