@@ -234,7 +234,8 @@ pub enum WireError {
 }
 
 impl WireError {
-    pub(crate) fn rejected(code: ErrorCode, message: impl Into<String>) -> Self {
+    /// A refusal with a code for the peer.
+    pub fn rejected(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Rejected {
             code,
             message: message.into(),

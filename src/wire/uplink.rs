@@ -302,8 +302,9 @@ impl Uplink {
                 code,
                 message,
             } => self.on_fragment_error(id, code, message, now),
-            // An error for the whole connection: the server closes it, so start over.
-            ServerMessage::Error { id: None, .. } => self.handle_connection_lost(now),
+            // An error about the connection or an unreadable stream: when the server gives up
+            // on the connection it closes it, and the shell reports that as a lost connection.
+            ServerMessage::Error { id: None, .. } => {}
         }
         self.pump(Some(now));
     }
