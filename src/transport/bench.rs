@@ -17,7 +17,9 @@ const STREAM_BYTES: usize = 1024 * 1024;
 pub async fn raw_loopback_throughput(total_bytes: u64) -> Result<f64, TransportError> {
     install_crypto_provider();
     let (server, cert) = server_endpoint()?;
-    let addr = server.local_addr().map_err(|e| TransportError::io("reading the bench address", e))?;
+    let addr = server
+        .local_addr()
+        .map_err(|e| TransportError::io("reading the bench address", e))?;
     let client = client_endpoint(cert)?;
     let streams = total_bytes.div_ceil(STREAM_BYTES as u64).max(1);
     let receiver = tokio::spawn(receive_all(server, streams));
@@ -30,7 +32,9 @@ pub async fn raw_loopback_throughput(total_bytes: u64) -> Result<f64, TransportE
     for _ in 0..streams {
         let mut stream = connection.open_uni().await?;
         stream.write_chunk(chunk.clone()).await?;
-        stream.finish().map_err(|e| TransportError::Read(e.to_string()))?;
+        stream
+            .finish()
+            .map_err(|e| TransportError::Read(e.to_string()))?;
     }
     let received = receiver
         .await
@@ -61,7 +65,9 @@ async fn receive_all(server: quinn::Endpoint, streams: u64) -> Result<u64, Trans
 fn server_endpoint() -> Result<(quinn::Endpoint, CertificateDer<'static>), TransportError> {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
     let cert = certified.cert.der().clone();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()));
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        certified.signing_key.serialize_der(),
+    ));
     let tls = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(vec![cert.clone()], key)?;

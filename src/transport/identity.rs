@@ -6,8 +6,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair,
+    KeyUsagePurpose,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -71,7 +71,11 @@ fn create(tls_dir: &Path, extra_names: &[String]) -> Result<(), TransportError> 
     ca_params.distinguished_name = name("Hydrant CA");
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
 
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     names.extend(extra_names.iter().cloned());
     let mut params = CertificateParams::new(names)?;
     params.distinguished_name = name("Hydrant server");
@@ -79,9 +83,17 @@ fn create(tls_dir: &Path, extra_names: &[String]) -> Result<(), TransportError> 
     let cert = params.signed_by(&key, &*ca)?;
 
     // Keys first and the server certificate last: its presence marks a complete identity.
-    write_file(&tls_dir.join(CA_KEY), ca.key().serialize_pem().as_bytes(), true)?;
+    write_file(
+        &tls_dir.join(CA_KEY),
+        ca.key().serialize_pem().as_bytes(),
+        true,
+    )?;
     write_file(&tls_dir.join(CA_PEM), ca.pem().as_bytes(), false)?;
-    write_file(&tls_dir.join(SERVER_KEY), key.serialize_pem().as_bytes(), true)?;
+    write_file(
+        &tls_dir.join(SERVER_KEY),
+        key.serialize_pem().as_bytes(),
+        true,
+    )?;
     write_file(&tls_dir.join(SERVER_PEM), cert.pem().as_bytes(), false)?;
     Ok(())
 }

@@ -31,7 +31,8 @@ pub trait FragmentSink: Send + Sync + 'static {
     ) -> impl Future<Output = Result<u64, SinkError>> + Send;
     /// Stores a fragment durably; returns its fragment number. A duplicate returns the
     /// number stored before.
-    fn persist(&self, fragment: Fragment) -> impl Future<Output = Result<String, SinkError>> + Send;
+    fn persist(&self, fragment: Fragment)
+    -> impl Future<Output = Result<String, SinkError>> + Send;
 }
 
 /// Why the sink refused; the code goes back to the agent as is.
@@ -151,13 +152,19 @@ impl<S: FragmentSink> IngestServer<S> {
         }
         self.endpoint.set_server_config(None);
         let grace = Duration::from_millis(self.config.shutdown_grace_ms);
-        if tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} })
-            .await
-            .is_err()
+        if tokio::time::timeout(grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
         {
-            tracing::warn!(grace_ms = self.config.shutdown_grace_ms, "ingest shutdown deadline passed with persists in flight");
+            tracing::warn!(
+                grace_ms = self.config.shutdown_grace_ms,
+                "ingest shutdown deadline passed with persists in flight"
+            );
         }
-        self.endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutting down");
+        self.endpoint
+            .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         Ok(())
     }
@@ -177,9 +184,13 @@ fn server_config(
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(VarInt::from_u32(1));
-    transport.max_concurrent_uni_streams(VarInt::from_u32(config.fragment_streams_per_connection_max));
+    transport
+        .max_concurrent_uni_streams(VarInt::from_u32(config.fragment_streams_per_connection_max));
     let idle = Duration::from_millis(config.idle_timeout_ms);
-    transport.max_idle_timeout(Some(idle.try_into().map_err(|_| TransportError::QuicConfig("idle_timeout_ms is too large".into()))?));
+    transport
+        .max_idle_timeout(Some(idle.try_into().map_err(|_| {
+            TransportError::QuicConfig("idle_timeout_ms is too large".into())
+        })?));
     server.transport_config(Arc::new(transport));
     Ok(server)
 }
@@ -212,11 +223,20 @@ async fn serve_connection<S: FragmentSink>(
     mut shutdown: watch::Receiver<bool>,
 ) -> (u32, String) {
     let hello_timeout = Duration::from_millis(config.hello_timeout_ms);
-    let opened = tokio::time::timeout(hello_timeout, open_control(connection, &config, sink.as_ref())).await;
+    let opened = tokio::time::timeout(
+        hello_timeout,
+        open_control(connection, &config, sink.as_ref()),
+    )
+    .await;
     let (session, send, mut recv, mut decoder) = match opened {
         Ok(Ok(parts)) => parts,
         Ok(Err(close)) => return close,
-        Err(_) => return (ErrorCode::ProtocolViolation.as_u16().into(), "no hello in time".into()),
+        Err(_) => {
+            return (
+                ErrorCode::ProtocolViolation.as_u16().into(),
+                "no hello in time".into(),
+            );
+        }
     };
     let (control_tx, control_rx) = mpsc::channel(config.control_queue_max);
     let writer = tokio::spawn(write_control(send, control_rx));
@@ -255,7 +275,11 @@ async fn fail_connection(control: &mpsc::Sender<ServerMessage>, error: WireError
     let code = error.code();
     let message = error.to_string();
     let _ = control
-        .send(ServerMessage::Error { id: None, code, message: message.clone() })
+        .send(ServerMessage::Error {
+            id: None,
+            code,
+            message: message.clone(),
+        })
         .await;
     (code.as_u16().into(), message)
 }
@@ -274,9 +298,9 @@ async fn open_control<S: FragmentSink>(
         .map_err(|e| (CLOSE_SHUTDOWN, format!("no control stream: {e}")))?;
     let mut decoder = FrameDecoder::new();
     let mut session = IngestSession::new(config.limits());
-    let hello = read_control(&mut recv, &mut decoder).await.and_then(|hello| {
-        hello.ok_or_else(|| WireError::Truncated)
-    });
+    let hello = read_control(&mut recv, &mut decoder)
+        .await
+        .and_then(|hello| hello.ok_or(WireError::Truncated));
     let streams = match hello.and_then(|hello| session.handle_hello(&hello)) {
         Ok(streams) => streams,
         Err(error) => return Err(reply_error_and_close(&mut send, error).await),
@@ -295,7 +319,11 @@ async fn open_control<S: FragmentSink>(
 async fn reply_error_and_close(send: &mut SendStream, error: WireError) -> (u32, String) {
     let code = error.code();
     let message = error.to_string();
-    let msg = ServerMessage::Error { id: None, code, message: message.clone() };
+    let msg = ServerMessage::Error {
+        id: None,
+        code,
+        message: message.clone(),
+    };
     if write_message(send, &msg).await.is_ok() && send.finish().is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
     }
@@ -310,7 +338,11 @@ async fn resolve<S: FragmentSink>(
     let mut refusals = Vec::new();
     for open in streams {
         match sink.open_stream(&open.stream, open.epoch).await {
-            Ok(next_sequence) => resumes.push(StreamResume { stream: open.stream, epoch: open.epoch, next_sequence }),
+            Ok(next_sequence) => resumes.push(StreamResume {
+                stream: open.stream,
+                epoch: open.epoch,
+                next_sequence,
+            }),
             Err(e) => refusals.push((open.stream, e.code, e.message)),
         }
     }
@@ -338,7 +370,10 @@ async fn read_control(
     }
 }
 
-async fn write_message(send: &mut SendStream, msg: &ServerMessage) -> Result<(), quinn::WriteError> {
+async fn write_message(
+    send: &mut SendStream,
+    msg: &ServerMessage,
+) -> Result<(), quinn::WriteError> {
     send.write_all(&wire::encode_server(msg)).await
 }
 
@@ -370,24 +405,48 @@ impl<S: FragmentSink> FragmentTask<S> {
             Ok(Ok(fragment)) => fragment,
             Ok(Err((id, error))) => return self.refuse(&mut stream, id, error).await,
             Err(_) => {
-                let error = WireError::rejected(ErrorCode::ProtocolViolation, "fragment stream too slow");
+                let error =
+                    WireError::rejected(ErrorCode::ProtocolViolation, "fragment stream too slow");
                 return self.refuse(&mut stream, None, error).await;
             }
         };
         let id = fragment.meta.id.clone();
-        self.send(ServerMessage::Ack { id: id.clone(), kind: AckKind::Received, fragment_number: None }).await;
+        self.send(ServerMessage::Ack {
+            id: id.clone(),
+            kind: AckKind::Received,
+            fragment_number: None,
+        })
+        .await;
         let reply = match self.sink.persist(fragment).await {
-            Ok(number) => ServerMessage::Ack { id, kind: AckKind::Persisted, fragment_number: Some(number) },
-            Err(e) => ServerMessage::Error { id: Some(id), code: e.code, message: e.message },
+            Ok(number) => ServerMessage::Ack {
+                id,
+                kind: AckKind::Persisted,
+                fragment_number: Some(number),
+            },
+            Err(e) => ServerMessage::Error {
+                id: Some(id),
+                code: e.code,
+                message: e.message,
+            },
         };
         self.send(reply).await;
     }
 
-    async fn refuse(&self, stream: &mut RecvStream, id: Option<crate::fragment::FragmentId>, error: WireError) {
+    async fn refuse(
+        &self,
+        stream: &mut RecvStream,
+        id: Option<crate::fragment::FragmentId>,
+        error: WireError,
+    ) {
         let code = error.code();
         tracing::debug!(?id, %code, error = %error, "refused a fragment stream");
         let _ = stream.stop(VarInt::from_u32(code.as_u16().into()));
-        self.send(ServerMessage::Error { id, code, message: error.to_string() }).await;
+        self.send(ServerMessage::Error {
+            id,
+            code,
+            message: error.to_string(),
+        })
+        .await;
     }
 
     async fn send(&self, msg: ServerMessage) {
@@ -405,24 +464,41 @@ async fn read_fragment(
 ) -> Result<Fragment, FragmentReadError> {
     let header = read_header(stream).await.map_err(|e| (None, e))?;
     let id = Some(header.id.clone());
-    session.handle_fragment_header(&header).map_err(|e| (id.clone(), e))?;
-    let payload = read_payload(stream, header.payload_len).await.map_err(|e| (id.clone(), e))?;
+    session
+        .handle_fragment_header(&header)
+        .map_err(|e| (id.clone(), e))?;
+    let payload = read_payload(stream, header.payload_len)
+        .await
+        .map_err(|e| (id.clone(), e))?;
     if crate::fragment::checksum(&payload) != header.checksum {
-        let error = WireError::rejected(ErrorCode::ChecksumMismatch, "payload checksum does not match the header");
+        let error = WireError::rejected(
+            ErrorCode::ChecksumMismatch,
+            "payload checksum does not match the header",
+        );
         return Err((id, error));
     }
     Ok(Fragment {
-        meta: FragmentMeta { id: header.id, producer_timestamp: header.producer_timestamp, duration_ms: header.duration_ms },
+        meta: FragmentMeta {
+            id: header.id,
+            producer_timestamp: header.producer_timestamp,
+            duration_ms: header.duration_ms,
+        },
         payload: payload.into(),
     })
 }
 
 async fn read_header(stream: &mut RecvStream) -> Result<FragmentHeader, WireError> {
     let mut prefix = [0u8; FRAME_PREFIX_BYTES];
-    stream.read_exact(&mut prefix).await.map_err(|_| WireError::Truncated)?;
+    stream
+        .read_exact(&mut prefix)
+        .await
+        .map_err(|_| WireError::Truncated)?;
     let len = wire::frame_body_len(prefix, FRAGMENT_HEADER_BYTES_MAX)?;
     let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await.map_err(|_| WireError::Truncated)?;
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|_| WireError::Truncated)?;
     wire::decode_fragment_header_body(&body)
 }
 
@@ -431,7 +507,10 @@ async fn read_header(stream: &mut RecvStream) -> Result<FragmentHeader, WireErro
 async fn read_payload(stream: &mut RecvStream, len: u32) -> Result<Vec<u8>, WireError> {
     let len = usize::try_from(len).map_err(|_| WireError::Truncated)?;
     let mut payload = vec![0u8; len];
-    stream.read_exact(&mut payload).await.map_err(|_| WireError::Truncated)?;
+    stream
+        .read_exact(&mut payload)
+        .await
+        .map_err(|_| WireError::Truncated)?;
     let mut extra = [0u8; 1];
     match stream.read(&mut extra).await {
         Ok(None) => Ok(payload),

@@ -57,11 +57,28 @@ impl UplinkOptions {
 /// Events from the I/O tasks to the loop; `generation` tells stale connections apart.
 #[derive(Debug)]
 enum Io {
-    Connected { generation: u64, connection: Connection, control: SendStream, recv: RecvStream },
-    ConnectFailed { generation: u64, error: String },
-    Message { generation: u64, msg: wire::ServerMessage },
-    Lost { generation: u64, reason: String },
-    SendFailed { generation: u64, id: FragmentId },
+    Connected {
+        generation: u64,
+        connection: Connection,
+        control: SendStream,
+        recv: RecvStream,
+    },
+    ConnectFailed {
+        generation: u64,
+        error: String,
+    },
+    Message {
+        generation: u64,
+        msg: wire::ServerMessage,
+    },
+    Lost {
+        generation: u64,
+        reason: String,
+    },
+    SendFailed {
+        generation: u64,
+        id: FragmentId,
+    },
 }
 
 /// Queue of I/O events; each connection has at most `in_flight_max` fragment tasks and one
@@ -105,7 +122,10 @@ pub async fn run_uplink(
             shell.close("drained");
             return Ok(());
         }
-        let wake = shell.core.poll_timeout().map(tokio::time::Instant::from_std);
+        let wake = shell
+            .core
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = super::stopped(&mut shutdown) => {
                 shell.close("shutting down");
@@ -136,9 +156,13 @@ impl Shell {
         reports: mpsc::Sender<UplinkEvent>,
     ) -> Result<Self, TransportError> {
         let (server_addr, server_name) = resolve(&options.server).await?;
-        let bind: SocketAddr = if server_addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-            .parse()
-            .map_err(|_| TransportError::BadServerAddress(options.server.clone()))?;
+        let bind: SocketAddr = if server_addr.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        }
+        .parse()
+        .map_err(|_| TransportError::BadServerAddress(options.server.clone()))?;
         let mut endpoint = quinn::Endpoint::client(bind)
             .map_err(|e| TransportError::io("binding the agent's UDP socket", e))?;
         endpoint.set_default_client_config(client_config(&options.trust)?);
@@ -159,7 +183,9 @@ impl Shell {
     /// Pushes the held fragment once the core has room; anything the core can never take is
     /// reported refused.
     async fn take_waiting(&mut self, waiting: &mut Option<Fragment>) {
-        let Some(fragment) = waiting.take() else { return };
+        let Some(fragment) = waiting.take() else {
+            return;
+        };
         let id = fragment.meta.id.clone();
         let code = match self.core.push(fragment.clone()) {
             Ok(()) => return,
@@ -176,7 +202,10 @@ impl Shell {
             }
         };
         let message = "the uplink cannot take this fragment".to_owned();
-        let _ = self.reports.send(UplinkEvent::Refused { id, code, message }).await;
+        let _ = self
+            .reports
+            .send(UplinkEvent::Refused { id, code, message })
+            .await;
     }
 
     /// Carries out everything the core asked for.
@@ -202,14 +231,25 @@ impl Shell {
         let (io, timeout) = (self.io_tx.clone(), self.connect_timeout);
         tokio::spawn(async move {
             let attempt = async {
-                let connection = connecting.map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
+                let connection = connecting
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let (control, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
                 Ok::<_, String>((connection, control, recv))
             };
             let event = match tokio::time::timeout(timeout, attempt).await {
-                Ok(Ok((connection, control, recv))) => Io::Connected { generation, connection, control, recv },
+                Ok(Ok((connection, control, recv))) => Io::Connected {
+                    generation,
+                    connection,
+                    control,
+                    recv,
+                },
                 Ok(Err(error)) => Io::ConnectFailed { generation, error },
-                Err(_) => Io::ConnectFailed { generation, error: "timed out".into() },
+                Err(_) => Io::ConnectFailed {
+                    generation,
+                    error: "timed out".into(),
+                },
             };
             let _ = io.send(event).await;
         });
@@ -217,12 +257,15 @@ impl Shell {
 
     fn close(&mut self, reason: &str) {
         if let Some(live) = self.live.take() {
-            live.connection.close(VarInt::from_u32(0), reason.as_bytes());
+            live.connection
+                .close(VarInt::from_u32(0), reason.as_bytes());
         }
     }
 
     async fn send_control(&mut self, msg: &wire::ClientMessage) {
-        let Some(live) = self.live.as_mut() else { return };
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
         if let Err(e) = live.control.write_all(&wire::encode_client(msg)).await {
             tracing::warn!(error = %e, "writing the control stream failed");
             self.lost(self.generation, e.to_string());
@@ -247,10 +290,18 @@ impl Shell {
     fn handle_io(&mut self, io: Io) {
         let now = Instant::now();
         match io {
-            Io::Connected { generation, connection, control, recv } if generation == self.generation => {
+            Io::Connected {
+                generation,
+                connection,
+                control,
+                recv,
+            } if generation == self.generation => {
                 tracing::info!(server = %self.server_addr, "connected to the server");
                 tokio::spawn(read_control(recv, self.io_tx.clone(), generation));
-                self.live = Some(Live { connection, control });
+                self.live = Some(Live {
+                    connection,
+                    control,
+                });
                 self.core.handle_connected(now);
             }
             Io::Connected { connection, .. } => connection.close(VarInt::from_u32(0), b"stale"),
@@ -258,9 +309,13 @@ impl Shell {
                 tracing::warn!(server = %self.server_addr, %error, "connecting to the server failed");
                 self.lost(generation, error);
             }
-            Io::Message { generation, msg } if generation == self.generation => self.core.handle_message(msg, now),
+            Io::Message { generation, msg } if generation == self.generation => {
+                self.core.handle_message(msg, now)
+            }
             Io::Lost { generation, reason } => self.lost(generation, reason),
-            Io::SendFailed { generation, id } if generation == self.generation => self.core.handle_send_failed(&id, now),
+            Io::SendFailed { generation, id } if generation == self.generation => {
+                self.core.handle_send_failed(&id, now)
+            }
             Io::Message { .. } | Io::SendFailed { .. } => {}
         }
     }
@@ -280,9 +335,13 @@ async fn send_fragment(connection: &Connection, fragment: &Fragment) -> Result<(
     let header = FragmentHeader::for_fragment(fragment)
         .ok_or_else(|| TransportError::QuicConfig("fragment payload exceeds 4 GiB".into()))?;
     let mut stream = connection.open_uni().await?;
-    stream.write_all(&wire::encode_fragment_header(&header)).await?;
+    stream
+        .write_all(&wire::encode_fragment_header(&header))
+        .await?;
     stream.write_all(&fragment.payload).await?;
-    stream.finish().map_err(|e| TransportError::Read(e.to_string()))?;
+    stream
+        .finish()
+        .map_err(|e| TransportError::Read(e.to_string()))?;
     Ok(())
 }
 
@@ -318,7 +377,10 @@ async fn read_control(mut recv: RecvStream, io: mpsc::Sender<Io>, generation: u6
 async fn resolve(server: &str) -> Result<(SocketAddr, String), TransportError> {
     let bad = || TransportError::BadServerAddress(server.to_owned());
     let (host, _port) = server.rsplit_once(':').ok_or_else(bad)?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let addr = tokio::net::lookup_host(server)
         .await
         .map_err(|_| bad())?
@@ -331,7 +393,9 @@ pub(super) fn client_config(trust: &ServerTrust) -> Result<quinn::ClientConfig, 
     install_crypto_provider();
     let builder = rustls::ClientConfig::builder();
     let mut tls = match trust {
-        ServerTrust::CaFile(path) => builder.with_root_certificates(roots(path)?).with_no_client_auth(),
+        ServerTrust::CaFile(path) => builder
+            .with_root_certificates(roots(path)?)
+            .with_no_client_auth(),
         ServerTrust::TrustFirstSeen { pin_file } => {
             tracing::warn!(pin_file = %pin_file.display(), "development mode: trusting the first server certificate seen and pinning it");
             builder
@@ -368,7 +432,10 @@ struct PinVerifier {
 impl PinVerifier {
     fn new(pin_file: PathBuf) -> Self {
         let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        Self { pin_file, algorithms }
+        Self {
+            pin_file,
+            algorithms,
+        }
     }
 
     fn check_or_pin(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
@@ -381,10 +448,13 @@ impl PinVerifier {
             ))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::warn!(sha256 = %seen, pin_file = %self.pin_file.display(), "development mode: pinned the server certificate seen first");
-                std::fs::write(&self.pin_file, format!("{seen}\n"))
-                    .map_err(|e| rustls::Error::General(format!("writing the pin file failed: {e}")))
+                std::fs::write(&self.pin_file, format!("{seen}\n")).map_err(|e| {
+                    rustls::Error::General(format!("writing the pin file failed: {e}"))
+                })
             }
-            Err(e) => Err(rustls::Error::General(format!("reading the pin file failed: {e}"))),
+            Err(e) => Err(rustls::Error::General(format!(
+                "reading the pin file failed: {e}"
+            ))),
         }
     }
 }
