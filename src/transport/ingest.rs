@@ -223,11 +223,13 @@ async fn serve_connection<S: FragmentSink>(
     mut shutdown: watch::Receiver<bool>,
 ) -> (u32, String) {
     let hello_timeout = Duration::from_millis(config.hello_timeout_ms);
-    let opened = tokio::time::timeout(
-        hello_timeout,
-        open_control(connection, &config, sink.as_ref()),
-    )
-    .await;
+    let opened = tokio::select! {
+        // An agent that never says hello must not hold up a shutdown.
+        _ = super::stopped(&mut shutdown) => {
+            return (CLOSE_SHUTDOWN, "server shutting down".to_owned());
+        }
+        opened = tokio::time::timeout(hello_timeout, open_control(connection, &config, sink.as_ref())) => opened,
+    };
     let (session, send, mut recv, mut decoder) = match opened {
         Ok(Ok(parts)) => parts,
         Ok(Err(close)) => return close,
