@@ -1,0 +1,500 @@
+//! The agent's QUIC shell around [`Uplink`]: connects, runs the control stream, sends each
+//! fragment on its own unidirectional stream, feeds acks and timeouts to the core and
+//! forwards its reports. Every decision (what to send, when to reconnect) is the core's.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+
+use crate::fragment::{Fragment, FragmentId};
+use crate::wire::{
+    self, ErrorCode, FragmentHeader, FrameDecoder, StreamOpen, Uplink, UplinkConfig, UplinkError,
+    UplinkEvent,
+};
+
+use super::{TransportError, identity::read_certs, install_crypto_provider};
+
+/// How the agent decides to trust the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerTrust {
+    /// Certificates signed by the CA in this PEM file (the server's `ca.pem`).
+    CaFile(PathBuf),
+    /// Development mode: trust the first certificate seen, pin its SHA-256 in `pin_file`, and
+    /// from then on accept only that certificate.
+    TrustFirstSeen { pin_file: PathBuf },
+}
+
+/// Where and how the agent sends.
+#[derive(Clone, Debug)]
+pub struct UplinkOptions {
+    /// `host:port`; the host is also the TLS server name.
+    pub server: String,
+    pub trust: ServerTrust,
+    pub uplink: UplinkConfig,
+    /// Longest wait for one connection attempt.
+    pub connect_timeout: Duration,
+}
+
+impl UplinkOptions {
+    pub fn new(server: impl Into<String>, trust: ServerTrust) -> Self {
+        Self {
+            server: server.into(),
+            trust,
+            uplink: UplinkConfig::default(),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Events from the I/O tasks to the loop; `generation` tells stale connections apart.
+#[derive(Debug)]
+enum Io {
+    Connected {
+        generation: u64,
+        connection: Connection,
+        control: SendStream,
+        recv: RecvStream,
+    },
+    ConnectFailed {
+        generation: u64,
+        error: String,
+    },
+    Message {
+        generation: u64,
+        msg: wire::ServerMessage,
+    },
+    Lost {
+        generation: u64,
+        reason: String,
+    },
+    SendFailed {
+        generation: u64,
+        id: FragmentId,
+    },
+}
+
+/// Queue of I/O events; each connection has at most `in_flight_max` fragment tasks and one
+/// reader, so this bound only paces them.
+const IO_QUEUE_MAX: usize = 1024;
+
+struct Live {
+    connection: Connection,
+    control: SendStream,
+}
+
+struct Shell {
+    core: Uplink,
+    endpoint: quinn::Endpoint,
+    server_addr: SocketAddr,
+    server_name: String,
+    connect_timeout: Duration,
+    generation: u64,
+    live: Option<Live>,
+    io_tx: mpsc::Sender<Io>,
+    reports: mpsc::Sender<UplinkEvent>,
+}
+
+/// Sends every fragment from `fragments` until the server persisted (or refused) it. Returns
+/// when `fragments` is closed and everything is drained, or when `shutdown` turns true.
+pub async fn run_uplink(
+    options: UplinkOptions,
+    streams: Vec<StreamOpen>,
+    mut fragments: mpsc::Receiver<Fragment>,
+    reports: mpsc::Sender<UplinkEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), TransportError> {
+    let (io_tx, mut io_rx) = mpsc::channel(IO_QUEUE_MAX);
+    let mut shell = Shell::new(&options, streams, io_tx, reports).await?;
+    let mut waiting: Option<Fragment> = None;
+    let mut input_open = true;
+    loop {
+        shell.take_waiting(&mut waiting).await;
+        shell.run_events().await;
+        if !input_open && waiting.is_none() && shell.core.is_drained() {
+            shell.close("drained");
+            return Ok(());
+        }
+        let wake = shell
+            .core
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std);
+        tokio::select! {
+            _ = super::stopped(&mut shutdown) => {
+                shell.close("shutting down");
+                return Ok(());
+            }
+            io = io_rx.recv() => if let Some(io) = io { shell.handle_io(io) },
+            fragment = fragments.recv(), if input_open && waiting.is_none() => match fragment {
+                Some(f) => waiting = Some(f),
+                None => input_open = false,
+            },
+            _ = sleep_until(wake) => shell.core.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Shell {
+    async fn new(
+        options: &UplinkOptions,
+        streams: Vec<StreamOpen>,
+        io_tx: mpsc::Sender<Io>,
+        reports: mpsc::Sender<UplinkEvent>,
+    ) -> Result<Self, TransportError> {
+        let (server_addr, server_name) = resolve(&options.server).await?;
+        let bind: SocketAddr = if server_addr.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        }
+        .parse()
+        .map_err(|_| TransportError::BadServerAddress(options.server.clone()))?;
+        let mut endpoint = quinn::Endpoint::client(bind)
+            .map_err(|e| TransportError::io("binding the agent's UDP socket", e))?;
+        endpoint.set_default_client_config(client_config(&options.trust)?);
+        let seed = rand::random::<u64>();
+        Ok(Self {
+            core: Uplink::new(options.uplink.clone(), streams, seed, Instant::now()),
+            endpoint,
+            server_addr,
+            server_name,
+            connect_timeout: options.connect_timeout,
+            generation: 0,
+            live: None,
+            io_tx,
+            reports,
+        })
+    }
+
+    /// Pushes the held fragment once the core has room; anything the core can never take is
+    /// reported refused.
+    async fn take_waiting(&mut self, waiting: &mut Option<Fragment>) {
+        let Some(fragment) = waiting.take() else {
+            return;
+        };
+        let id = fragment.meta.id.clone();
+        let code = match self.core.push(fragment.clone()) {
+            Ok(()) => return,
+            Err(UplinkError::Full { .. }) => {
+                *waiting = Some(fragment);
+                return;
+            }
+            Err(UplinkError::FragmentTooLarge { .. }) => ErrorCode::FragmentTooLarge,
+            Err(UplinkError::UnknownStream(_)) => ErrorCode::UnknownStream,
+            Err(UplinkError::StreamRefused { code, .. }) => code,
+            Err(UplinkError::Duplicate(_)) => {
+                tracing::warn!(%id, "dropped a fragment pushed twice");
+                return;
+            }
+        };
+        let message = "the uplink cannot take this fragment".to_owned();
+        let _ = self
+            .reports
+            .send(UplinkEvent::Refused { id, code, message })
+            .await;
+    }
+
+    /// Carries out everything the core asked for.
+    async fn run_events(&mut self) {
+        while let Some(event) = self.core.poll_event() {
+            match event {
+                UplinkEvent::Connect => self.connect(),
+                UplinkEvent::SendControl(msg) => self.send_control(&msg).await,
+                UplinkEvent::SendFragment(id) => self.send_fragment(id),
+                report => {
+                    // A closed report channel means nobody listens; sending goes on.
+                    let _ = self.reports.send(report).await;
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self) {
+        self.close("reconnecting");
+        self.generation += 1;
+        let generation = self.generation;
+        let connecting = self.endpoint.connect(self.server_addr, &self.server_name);
+        let (io, timeout) = (self.io_tx.clone(), self.connect_timeout);
+        tokio::spawn(async move {
+            let attempt = async {
+                let connection = connecting
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (control, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+                Ok::<_, String>((connection, control, recv))
+            };
+            let event = match tokio::time::timeout(timeout, attempt).await {
+                Ok(Ok((connection, control, recv))) => Io::Connected {
+                    generation,
+                    connection,
+                    control,
+                    recv,
+                },
+                Ok(Err(error)) => Io::ConnectFailed { generation, error },
+                Err(_) => Io::ConnectFailed {
+                    generation,
+                    error: "timed out".into(),
+                },
+            };
+            let _ = io.send(event).await;
+        });
+    }
+
+    fn close(&mut self, reason: &str) {
+        if let Some(live) = self.live.take() {
+            live.connection
+                .close(VarInt::from_u32(0), reason.as_bytes());
+        }
+    }
+
+    async fn send_control(&mut self, msg: &wire::ClientMessage) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        if let Err(e) = live.control.write_all(&wire::encode_client(msg)).await {
+            tracing::warn!(error = %e, "writing the control stream failed");
+            self.lost(self.generation, e.to_string());
+        }
+    }
+
+    fn send_fragment(&mut self, id: FragmentId) {
+        let (Some(live), Some(fragment)) = (self.live.as_ref(), self.core.fragment(&id)) else {
+            self.core.handle_send_failed(&id, Instant::now());
+            return;
+        };
+        let (connection, fragment) = (live.connection.clone(), fragment.clone());
+        let (io, generation) = (self.io_tx.clone(), self.generation);
+        tokio::spawn(async move {
+            if let Err(e) = send_fragment(&connection, &fragment).await {
+                tracing::debug!(%id, error = %e, "sending a fragment failed");
+                let _ = io.send(Io::SendFailed { generation, id }).await;
+            }
+        });
+    }
+
+    fn handle_io(&mut self, io: Io) {
+        let now = Instant::now();
+        match io {
+            Io::Connected {
+                generation,
+                connection,
+                control,
+                recv,
+            } if generation == self.generation => {
+                tracing::info!(server = %self.server_addr, "connected to the server");
+                tokio::spawn(read_control(recv, self.io_tx.clone(), generation));
+                self.live = Some(Live {
+                    connection,
+                    control,
+                });
+                self.core.handle_connected(now);
+            }
+            Io::Connected { connection, .. } => connection.close(VarInt::from_u32(0), b"stale"),
+            Io::ConnectFailed { generation, error } => {
+                tracing::warn!(server = %self.server_addr, %error, "connecting to the server failed");
+                self.lost(generation, error);
+            }
+            Io::Message { generation, msg } if generation == self.generation => {
+                self.core.handle_message(msg, now)
+            }
+            Io::Lost { generation, reason } => self.lost(generation, reason),
+            Io::SendFailed { generation, id } if generation == self.generation => {
+                self.core.handle_send_failed(&id, now)
+            }
+            Io::Message { .. } | Io::SendFailed { .. } => {}
+        }
+    }
+
+    fn lost(&mut self, generation: u64, reason: String) {
+        if generation != self.generation {
+            return;
+        }
+        tracing::info!(%reason, "connection to the server lost");
+        self.close("lost");
+        self.core.handle_connection_lost(Instant::now());
+    }
+}
+
+/// Opens a unidirectional stream: header frame, payload, finish.
+async fn send_fragment(connection: &Connection, fragment: &Fragment) -> Result<(), TransportError> {
+    let header = FragmentHeader::for_fragment(fragment)
+        .ok_or_else(|| TransportError::QuicConfig("fragment payload exceeds 4 GiB".into()))?;
+    let mut stream = connection.open_uni().await?;
+    stream
+        .write_all(&wire::encode_fragment_header(&header))
+        .await?;
+    stream.write_all(&fragment.payload).await?;
+    stream
+        .finish()
+        .map_err(|e| TransportError::Read(e.to_string()))?;
+    Ok(())
+}
+
+/// Decodes server messages from the control stream until it ends or breaks.
+async fn read_control(mut recv: RecvStream, io: mpsc::Sender<Io>, generation: u64) {
+    let mut decoder = FrameDecoder::new();
+    let mut buf = [0u8; 4096];
+    let reason = loop {
+        match decoder.next_server() {
+            Ok(Some(msg)) => {
+                if io.send(Io::Message { generation, msg }).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => break format!("bad frame from the server: {e}"),
+        }
+        let room = decoder.space().min(buf.len());
+        match recv.read(&mut buf[..room]).await {
+            Ok(Some(n)) => {
+                if let Err(e) = decoder.push(&buf[..n]) {
+                    break e.to_string();
+                }
+            }
+            Ok(None) => break "control stream finished".to_owned(),
+            Err(e) => break e.to_string(),
+        }
+    };
+    let _ = io.send(Io::Lost { generation, reason }).await;
+}
+
+async fn resolve(server: &str) -> Result<(SocketAddr, String), TransportError> {
+    let bad = || TransportError::BadServerAddress(server.to_owned());
+    let (host, _port) = server.rsplit_once(':').ok_or_else(bad)?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let addr = tokio::net::lookup_host(server)
+        .await
+        .map_err(|_| bad())?
+        .next()
+        .ok_or_else(bad)?;
+    Ok((addr, host))
+}
+
+pub(super) fn client_config(trust: &ServerTrust) -> Result<quinn::ClientConfig, TransportError> {
+    install_crypto_provider();
+    let builder = rustls::ClientConfig::builder();
+    let mut tls = match trust {
+        ServerTrust::CaFile(path) => builder
+            .with_root_certificates(roots(path)?)
+            .with_no_client_auth(),
+        ServerTrust::TrustFirstSeen { pin_file } => {
+            tracing::warn!(pin_file = %pin_file.display(), "development mode: trusting the first server certificate seen and pinning it");
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinVerifier::new(pin_file.clone())))
+                .with_no_client_auth()
+        }
+    };
+    tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| TransportError::QuicConfig(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+fn roots(path: &Path) -> Result<rustls::RootCertStore, TransportError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certs(path)? {
+        roots.add(cert)?;
+    }
+    Ok(roots)
+}
+
+/// Trust on first use: pins the SHA-256 of the first server certificate seen.
+#[derive(Debug)]
+struct PinVerifier {
+    pin_file: PathBuf,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl PinVerifier {
+    fn new(pin_file: PathBuf) -> Self {
+        let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        Self {
+            pin_file,
+            algorithms,
+        }
+    }
+
+    fn check_or_pin(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        let seen = hex(&Sha256::digest(cert.as_ref()));
+        match std::fs::read_to_string(&self.pin_file) {
+            Ok(pinned) if pinned.trim() == seen => Ok(()),
+            Ok(_) => Err(rustls::Error::General(format!(
+                "server certificate {seen} does not match the pin in {}",
+                self.pin_file.display()
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(sha256 = %seen, pin_file = %self.pin_file.display(), "development mode: pinned the server certificate seen first");
+                std::fs::write(&self.pin_file, format!("{seen}\n")).map_err(|e| {
+                    rustls::Error::General(format!("writing the pin file failed: {e}"))
+                })
+            }
+            Err(e) => Err(rustls::Error::General(format!(
+                "reading the pin file failed: {e}"
+            ))),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check_or_pin(end_entity)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
