@@ -30,11 +30,17 @@ const RAW_DISK_BYTES: usize = 256 * 1024 * 1024;
 const LATENCY_SAMPLES: usize = 200;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(run());
 }
 
@@ -42,9 +48,14 @@ async fn run() {
     let agents = env_usize("HYDRANT_BENCH_AGENTS", 4);
     let per_agent = env_usize("HYDRANT_BENCH_FRAGMENTS", 200);
     let fragment_bytes = env_usize("HYDRANT_BENCH_FRAGMENT_KIB", 512) * 1024;
-    println!("Hydrant ingest benchmark ({} cores)", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!(
+        "Hydrant ingest benchmark ({} cores)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
 
-    let raw_quic = transport::bench::raw_loopback_throughput(RAW_QUIC_BYTES).await.expect("raw QUIC throughput");
+    let raw_quic = transport::bench::raw_loopback_throughput(RAW_QUIC_BYTES)
+        .await
+        .expect("raw QUIC throughput");
     println!("raw quinn loopback          {:>9.1} MB/s", raw_quic / 1e6);
     let tmp = tempfile::tempdir().expect("temp dir");
     let raw_disk = raw_disk_throughput(tmp.path());
@@ -62,7 +73,12 @@ async fn run() {
     let started = Instant::now();
     let mut runs = tokio::task::JoinSet::new();
     for agent in 0..agents {
-        runs.spawn(send_fragments(uplink_options(&server), format!("bench-{agent}"), per_agent, fragment_bytes));
+        runs.spawn(send_fragments(
+            uplink_options(&server),
+            format!("bench-{agent}"),
+            per_agent,
+            fragment_bytes,
+        ));
     }
     let mut latencies = Vec::new();
     while let Some(done) = runs.join_next().await {
@@ -93,11 +109,16 @@ async fn run() {
 }
 
 async fn start_server(dir: &std::path::Path) -> Server {
-    let mut config = ServerConfig { data_dir: dir.join("server"), ..ServerConfig::default() };
+    let mut config = ServerConfig {
+        data_dir: dir.join("server"),
+        ..ServerConfig::default()
+    };
     config.http.listen = "127.0.0.1:0".to_owned();
     config.quic.listen = "127.0.0.1:0".to_owned();
     config.storage.create_streams_on_first_use = true;
-    Server::start(config.resolve().expect("config")).await.expect("server")
+    Server::start(config.resolve().expect("config"))
+        .await
+        .expect("server")
 }
 
 fn uplink_options(server: &Server) -> UplinkOptions {
@@ -105,7 +126,7 @@ fn uplink_options(server: &Server) -> UplinkOptions {
         server: server.quic_addr.to_string(),
         trust: ServerTrust::CaFile(server.ca_pem.clone()),
         uplink: UplinkConfig {
-            agent_name: "bench".to_owned(),
+            agent: "bench".to_owned(),
             pending_fragments_max: 64,
             pending_bytes_max: 256 * 1024 * 1024,
             in_flight_max: 16,
@@ -113,19 +134,30 @@ fn uplink_options(server: &Server) -> UplinkOptions {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
         },
+        connect_timeout: Duration::from_secs(5),
     }
 }
 
 /// Sends `count` fragments on one uplink; returns the PERSISTED latency of each, in ms, measured
 /// from the moment the uplink took the fragment.
-async fn send_fragments(options: UplinkOptions, stream: String, count: usize, size: usize) -> Vec<f64> {
+async fn send_fragments(
+    options: UplinkOptions,
+    stream: String,
+    count: usize,
+    size: usize,
+) -> Vec<f64> {
     let stream = StreamName::new(stream).expect("valid");
     let epoch = 1;
     let (tx, rx) = mpsc::channel(4);
     let (reports_tx, mut reports) = mpsc::channel(1024);
     let (_stop, stop_rx) = watch::channel(false);
-    let streams = vec![StreamOpen { stream: stream.clone(), epoch }];
-    let uplink = tokio::spawn(transport::run_uplink(options, streams, rx, reports_tx, stop_rx));
+    let streams = vec![StreamOpen {
+        stream: stream.clone(),
+        epoch,
+    }];
+    let uplink = tokio::spawn(transport::run_uplink(
+        options, streams, rx, reports_tx, stop_rx,
+    ));
     let payload = Bytes::from((0..size).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>());
     let sent_at = Arc::new(std::sync::Mutex::new(vec![None::<Instant>; count]));
     let s = sent_at.clone();
@@ -133,7 +165,11 @@ async fn send_fragments(options: UplinkOptions, stream: String, count: usize, si
         for sequence in 0..count as u64 {
             let fragment = Fragment {
                 meta: FragmentMeta {
-                    id: FragmentId { stream: stream.clone(), epoch, sequence },
+                    id: FragmentId {
+                        stream: stream.clone(),
+                        epoch,
+                        sequence,
+                    },
                     producer_timestamp: UnixMillis::now(),
                     duration_ms: 2000,
                 },

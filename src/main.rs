@@ -12,7 +12,11 @@ use tokio::sync::watch;
 use hydrant::config::{self, AgentConfig, CameraSection, ServerConfig};
 
 #[derive(Debug, Parser)]
-#[command(name = "hydrant", version, about = "Self-hosted, Kinesis-style streaming for cameras and data")]
+#[command(
+    name = "hydrant",
+    version,
+    about = "Self-hosted, Kinesis-style streaming for cameras and data"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -91,7 +95,10 @@ struct DemoArgs {
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -109,8 +116,12 @@ fn main() -> ExitCode {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HYDRANT_LOG").unwrap_or_else(|_| EnvFilter::new("info,quinn=warn,ort=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = EnvFilter::try_from_env("HYDRANT_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,quinn=warn,ort=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -118,7 +129,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(args) => run_server(args).await,
         Command::Agent(args) => run_agent(args).await,
         Command::Demo(args) => {
-            hydrant::demo::run(hydrant::demo::DemoOptions { fast: args.fast, clip_out: args.clip }).await?;
+            hydrant::demo::run(hydrant::demo::DemoOptions {
+                fast: args.fast,
+                clip_out: args.clip,
+            })
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -143,7 +158,12 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("--no-throttle: data stream throughput limits are off");
     }
     let server = hydrant::server::Server::start(cfg.resolve()?).await?;
-    println!("hydrant server: HTTP {} QUIC {} CA {}", server.http_addr, server.quic_addr, server.ca_pem.display());
+    println!(
+        "hydrant server: HTTP {} QUIC {} CA {}",
+        server.http_addr,
+        server.quic_addr,
+        server.ca_pem.display()
+    );
     wait_for_signal().await;
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)
@@ -162,13 +182,19 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
     cfg.trust_first_certificate |= args.trust_first_cert;
     if cfg.trust_first_certificate && args.config.is_none() && cfg.ca.is_none() {
-        tracing::warn!("development mode: the first server certificate seen will be trusted and pinned");
+        tracing::warn!(
+            "development mode: the first server certificate seen will be trusted and pinned"
+        );
     }
     if let Some(dir) = args.spool_dir {
         cfg.spool_dir = dir;
     }
     if let (Some(stream), Some(source)) = (args.stream, args.source) {
-        cfg.cameras = vec![CameraSection { stream, source, fast: args.fast }];
+        cfg.cameras = vec![CameraSection {
+            stream,
+            source,
+            fast: args.fast,
+        }];
     } else if args.fast {
         cfg.cameras.iter_mut().for_each(|c| c.fast = true);
     }
@@ -179,12 +205,18 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("stopping: flushing what was captured");
         let _ = stop_tx.send(true);
     });
-    let report = hydrant::agent::run(settings, None, stop_rx).await.context("agent failed")?;
+    let report = hydrant::agent::run(settings, None, stop_rx)
+        .await
+        .context("agent failed")?;
     println!(
         "hydrant agent: {} fragment(s) persisted ({} already stored), {} refused, {} stream(s) refused",
         report.persisted, report.already_stored, report.refused, report.streams_refused
     );
-    Ok(if report.all_persisted() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.all_persisted() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Waits for SIGINT or SIGTERM.

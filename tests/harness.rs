@@ -39,11 +39,17 @@ pub fn clip(name: &str) -> PathBuf {
 }
 
 fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free TCP port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free TCP port")
 }
 
 fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free UDP port")
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port")
 }
 
 /// A `hydrant server` process. Killed when dropped.
@@ -59,9 +65,19 @@ impl ServerProcess {
     /// Starts a server whose config file holds `extra_config` (TOML) on top of the defaults.
     pub fn start(extra_config: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().expect("addr");
-        let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().expect("addr");
-        let mut server = ServerProcess { dir, http, quic, extra_config: extra_config.to_owned(), child: None };
+        let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port())
+            .parse()
+            .expect("addr");
+        let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port())
+            .parse()
+            .expect("addr");
+        let mut server = ServerProcess {
+            dir,
+            http,
+            quic,
+            extra_config: extra_config.to_owned(),
+            child: None,
+        };
         server.spawn();
         server
     }
@@ -83,7 +99,12 @@ impl ServerProcess {
             .arg(&config)
             .arg("--data-dir")
             .arg(self.data_dir())
-            .args(["--http", &self.http.to_string(), "--quic", &self.quic.to_string()])
+            .args([
+                "--http",
+                &self.http.to_string(),
+                "--quic",
+                &self.quic.to_string(),
+            ])
             .env("HYDRANT_LOG", "info,hydrant=debug")
             .stdout(Stdio::null())
             .stderr(log)
@@ -127,7 +148,10 @@ impl ServerProcess {
     }
 
     pub fn kvs(&self) -> Kvs {
-        Kvs { base: format!("http://{}", self.http), client: reqwest::blocking::Client::new() }
+        Kvs {
+            base: format!("http://{}", self.http),
+            client: reqwest::blocking::Client::new(),
+        }
     }
 }
 
@@ -155,17 +179,29 @@ pub struct AgentRun {
 impl AgentProcess {
     pub fn start(run: &AgentRun) -> Self {
         std::fs::create_dir_all(&run.spool_dir).expect("spool dir");
-        let log = run.spool_dir.join(format!("agent-{}.log", std::process::id() as u128 * 1000 + nanos()));
+        let log = run.spool_dir.join(format!(
+            "agent-{}.log",
+            std::process::id() as u128 * 1000 + nanos()
+        ));
         let config = run.spool_dir.join("agent.toml");
         // Short backoff so that reconnects in the fault tests happen quickly.
-        std::fs::write(&config, "[uplink]\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\nack_timeout_ms = 5000\n")
-            .expect("agent config");
+        std::fs::write(
+            &config,
+            "[uplink]\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\nack_timeout_ms = 5000\n",
+        )
+        .expect("agent config");
         let mut cmd = Command::new(hydrant_bin());
         cmd.args(["agent", "--config"])
             .arg(&config)
             .args(["--server", &run.server_quic.to_string(), "--ca"])
             .arg(&run.ca)
-            .args(["--stream", &run.stream, "--source", &run.source, "--spool-dir"])
+            .args([
+                "--stream",
+                &run.stream,
+                "--source",
+                &run.source,
+                "--spool-dir",
+            ])
             .arg(&run.spool_dir)
             .env("HYDRANT_LOG", "info,hydrant=debug")
             .stdout(Stdio::piped())
@@ -173,7 +209,10 @@ impl AgentProcess {
         if run.fast {
             cmd.arg("--fast");
         }
-        AgentProcess { child: cmd.spawn().expect("spawn hydrant agent"), log }
+        AgentProcess {
+            child: cmd.spawn().expect("spawn hydrant agent"),
+            log,
+        }
     }
 
     /// Waits for the agent to exit (bounded) and returns its status and stdout.
@@ -206,7 +245,10 @@ impl AgentProcess {
 }
 
 fn nanos() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() % 1000).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() % 1000)
+        .unwrap_or(0)
 }
 
 /// A minimal Kinesis Video client over HTTP (rest-json), for checks from Rust.
@@ -218,21 +260,38 @@ pub struct Kvs {
 impl Kvs {
     /// Calls an operation; returns (status, the error type header, body JSON or raw bytes).
     pub fn call(&self, op: &str, body: Value) -> (u16, Option<String>, Vec<u8>) {
-        let resp = self.client.post(format!("{}/{op}", self.base)).json(&body).send().expect("HTTP request");
+        let resp = self
+            .client
+            .post(format!("{}/{op}", self.base))
+            .json(&body)
+            .send()
+            .expect("HTTP request");
         let status = resp.status().as_u16();
-        let error = resp.headers().get("x-amzn-ErrorType").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let error = resp
+            .headers()
+            .get("x-amzn-ErrorType")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let bytes = resp.bytes().expect("body").to_vec();
         (status, error, bytes)
     }
 
     pub fn ok(&self, op: &str, body: Value) -> Value {
         let (status, error, bytes) = self.call(op, body);
-        assert_eq!(status, 200, "{op} failed: {error:?} {}", String::from_utf8_lossy(&bytes));
+        assert_eq!(
+            status,
+            200,
+            "{op} failed: {error:?} {}",
+            String::from_utf8_lossy(&bytes)
+        );
         serde_json::from_slice(&bytes).expect("JSON reply")
     }
 
     pub fn create_stream(&self, name: &str) {
-        self.ok("createStream", json!({"StreamName": name, "DataRetentionInHours": 24}));
+        self.ok(
+            "createStream",
+            json!({"StreamName": name, "DataRetentionInHours": 24}),
+        );
     }
 
     /// Every fragment of the stream, following NextToken.

@@ -8,7 +8,9 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
 fn run_to_eos(pipeline: &gst::Pipeline) {
-    pipeline.set_state(gst::State::Playing).expect("pipeline plays");
+    pipeline
+        .set_state(gst::State::Playing)
+        .expect("pipeline plays");
     let bus = pipeline.bus().expect("bus");
     for msg in bus.iter_timed(gst::ClockTime::from_seconds(120)) {
         match msg.view() {
@@ -20,7 +22,9 @@ fn run_to_eos(pipeline: &gst::Pipeline) {
             _ => {}
         }
     }
-    pipeline.set_state(gst::State::Null).expect("pipeline stops");
+    pipeline
+        .set_state(gst::State::Null)
+        .expect("pipeline stops");
 }
 
 /// Frames per GOP of an H.264 file (MP4, Matroska or Annex-B), in order.
@@ -30,15 +34,24 @@ pub fn gop_frame_counts(path: &Path) -> Vec<usize> {
         "filesrc location=\"{}\" ! parsebin ! h264parse ! video/x-h264,stream-format=avc,alignment=au ! appsink name=sink sync=false",
         path.display()
     );
-    let pipeline = gst::parse::launch(&desc).expect("pipeline").downcast::<gst::Pipeline>().expect("a pipeline");
-    let sink = pipeline.by_name("sink").expect("sink").downcast::<gst_app::AppSink>().expect("appsink");
+    let pipeline = gst::parse::launch(&desc)
+        .expect("pipeline")
+        .downcast::<gst::Pipeline>()
+        .expect("a pipeline");
+    let sink = pipeline
+        .by_name("sink")
+        .expect("sink")
+        .downcast::<gst_app::AppSink>()
+        .expect("appsink");
     let counts = std::sync::Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
     let c = counts.clone();
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |s| {
                 let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let key = sample.buffer().is_some_and(|b| !b.flags().contains(gst::BufferFlags::DELTA_UNIT));
+                let key = sample
+                    .buffer()
+                    .is_some_and(|b| !b.flags().contains(gst::BufferFlags::DELTA_UNIT));
                 let mut counts = c.lock().expect("lock");
                 if key || counts.is_empty() {
                     counts.push(0);
@@ -62,8 +75,15 @@ pub fn decoded_frames(path: &Path) -> usize {
         "filesrc location=\"{}\" ! qtdemux ! h264parse ! avdec_h264 ! appsink name=sink sync=false",
         path.display()
     );
-    let pipeline = gst::parse::launch(&desc).expect("pipeline").downcast::<gst::Pipeline>().expect("a pipeline");
-    let sink = pipeline.by_name("sink").expect("sink").downcast::<gst_app::AppSink>().expect("appsink");
+    let pipeline = gst::parse::launch(&desc)
+        .expect("pipeline")
+        .downcast::<gst::Pipeline>()
+        .expect("a pipeline");
+    let sink = pipeline
+        .by_name("sink")
+        .expect("sink")
+        .downcast::<gst_app::AppSink>()
+        .expect("appsink");
     let frames = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let f = frames.clone();
     sink.set_callbacks(

@@ -11,11 +11,17 @@ use serde_json::{Value, json};
 use crate::harness::{AgentProcess, AgentRun, ServerProcess, clip};
 use crate::oracle;
 use hydrant::fragment::{StreamName, UnixMillis};
-use hydrant::store::{FragmentSummary, Store, StoreConfig, TimestampKind};
+use hydrant::store::{FragmentSummary, LIST_FRAGMENTS_MAX, Store, StoreConfig, TimestampKind};
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(180);
 
-fn agent_run(server: &ServerProcess, stream: &str, clip: &Path, fast: bool, spool: &Path) -> AgentRun {
+fn agent_run(
+    server: &ServerProcess,
+    stream: &str,
+    clip: &Path,
+    fast: bool,
+    spool: &Path,
+) -> AgentRun {
     AgentRun {
         server_quic: server.quic,
         ca: server.ca(),
@@ -28,12 +34,27 @@ fn agent_run(server: &ServerProcess, stream: &str, clip: &Path, fast: bool, spoo
 
 /// Every fragment on disk for `stream`, read with the store itself after the server stopped.
 fn stored_fragments(server: &ServerProcess, stream: &str) -> Vec<FragmentSummary> {
-    let config = StoreConfig { default_retention_hours: 24, create_on_first_use: false, segment_bytes_max: 64 << 20 };
-    let store = Store::open(&server.data_dir(), config).expect("store reopens");
+    let store = Store::open(&server.data_dir(), StoreConfig::default()).expect("store reopens");
     let name = StreamName::new(stream).expect("valid");
-    store
-        .list_fragments(&name, TimestampKind::Server, UnixMillis(0), UnixMillis(u64::MAX), None, usize::MAX)
-        .expect("list")
+    let mut all: Vec<FragmentSummary> = Vec::new();
+    loop {
+        let after = all.last().map(|f| f.number);
+        let page = store
+            .list_fragments(
+                &name,
+                TimestampKind::Server,
+                UnixMillis(0),
+                UnixMillis(u64::MAX),
+                after,
+                LIST_FRAGMENTS_MAX,
+            )
+            .expect("list");
+        let done = page.len() < LIST_FRAGMENTS_MAX;
+        all.extend(page);
+        if done {
+            return all;
+        }
+    }
 }
 
 /// The stored fragments are exactly the clip's GOPs: one epoch, sequences 0..n once each.
@@ -46,7 +67,10 @@ fn assert_exactly_once(stored: &[FragmentSummary], gops: usize) {
         s
     };
     let expected: Vec<u64> = (0..gops as u64).collect();
-    assert_eq!(sequences, expected, "every GOP stored exactly once, none missing, none twice");
+    assert_eq!(
+        sequences, expected,
+        "every GOP stored exactly once, none missing, none twice"
+    );
 }
 
 fn secs(v: &Value) -> f64 {
@@ -61,7 +85,8 @@ fn fast_replay_stores_every_gop_once_and_get_clip_decodes() {
     let kvs = server.kvs();
     kvs.create_stream("lobby");
     let spool = server.dir.path().join("agent");
-    let (status, out) = AgentProcess::start(&agent_run(&server, "lobby", &clip, true, &spool)).wait(AGENT_TIMEOUT);
+    let (status, out) =
+        AgentProcess::start(&agent_run(&server, "lobby", &clip, true, &spool)).wait(AGENT_TIMEOUT);
     assert!(status.success(), "agent failed: {out}");
 
     let listed = kvs.list_all_fragments("lobby");
@@ -69,9 +94,15 @@ fn fast_replay_stores_every_gop_once_and_get_clip_decodes() {
     let mut by_time = listed.clone();
     by_time.sort_by(|a, b| secs(&a["ProducerTimestamp"]).total_cmp(&secs(&b["ProducerTimestamp"])));
     for pair in by_time.windows(2) {
-        let gap_ms = (secs(&pair[1]["ProducerTimestamp"]) - secs(&pair[0]["ProducerTimestamp"])) * 1000.0;
-        let length_ms = pair[0]["FragmentLengthInMilliseconds"].as_f64().expect("length");
-        assert!((gap_ms - length_ms).abs() <= 2.0, "producer timestamps follow the media: gap {gap_ms} ms, length {length_ms} ms");
+        let gap_ms =
+            (secs(&pair[1]["ProducerTimestamp"]) - secs(&pair[0]["ProducerTimestamp"])) * 1000.0;
+        let length_ms = pair[0]["FragmentLengthInMilliseconds"]
+            .as_f64()
+            .expect("length");
+        assert!(
+            (gap_ms - length_ms).abs() <= 2.0,
+            "producer timestamps follow the media: gap {gap_ms} ms, length {length_ms} ms"
+        );
     }
 
     // GetClip of 10 s starting at the fourth fragment: its frames are those of the GOPs whose
@@ -85,11 +116,23 @@ fn fast_replay_stores_every_gop_once_and_get_clip_decodes() {
         .map(|(i, _)| gops[i])
         .sum();
     let selector = json!({"FragmentSelectorType": "PRODUCER_TIMESTAMP", "TimestampRange": {"StartTimestamp": start, "EndTimestamp": end}});
-    let (status, error, body) = kvs.call("getClip", json!({"StreamName": "lobby", "ClipFragmentSelector": selector}));
-    assert_eq!(status, 200, "GetClip: {error:?} {}", String::from_utf8_lossy(&body));
+    let (status, error, body) = kvs.call(
+        "getClip",
+        json!({"StreamName": "lobby", "ClipFragmentSelector": selector}),
+    );
+    assert_eq!(
+        status,
+        200,
+        "GetClip: {error:?} {}",
+        String::from_utf8_lossy(&body)
+    );
     let mp4 = server.dir.path().join("clip.mp4");
     std::fs::write(&mp4, &body).expect("write clip");
-    assert_eq!(oracle::decoded_frames(&mp4), expected_frames, "the clip decodes to every frame of its GOPs");
+    assert_eq!(
+        oracle::decoded_frames(&mp4),
+        expected_frames,
+        "the clip decodes to every frame of its GOPs"
+    );
 
     let mut server = server;
     server.kill();
@@ -109,7 +152,10 @@ fn server_killed_mid_ingest_loses_nothing_and_stores_nothing_twice() {
     std::thread::sleep(Duration::from_secs(2));
     server.restart();
     let (status, out) = agent.wait(AGENT_TIMEOUT);
-    assert!(status.success(), "agent failed after the server restart: {out}");
+    assert!(
+        status.success(),
+        "agent failed after the server restart: {out}"
+    );
     server.kill();
     assert_exactly_once(&stored_fragments(&server, "door"), gops);
 }
@@ -125,7 +171,10 @@ fn agent_killed_mid_stream_resumes_from_the_server() {
     std::thread::sleep(Duration::from_secs(7));
     first.kill();
     let persisted_before = server.kvs().list_all_fragments("hall").len();
-    assert!(persisted_before > 0 && persisted_before < gops, "killed mid-stream: {persisted_before} of {gops}");
+    assert!(
+        persisted_before > 0 && persisted_before < gops,
+        "killed mid-stream: {persisted_before} of {gops}"
+    );
 
     let (status, out) = AgentProcess::start(&run).wait(AGENT_TIMEOUT);
     assert!(status.success(), "restarted agent failed: {out}");
@@ -147,21 +196,39 @@ fn bad_input_gets_typed_errors_and_the_server_keeps_serving() {
     let spool = server.dir.path().join("agents");
 
     // An unknown stream: the server refuses it with a typed error; the agent says so and fails.
-    let (status, out) = AgentProcess::start(&agent_run(&server, "nobody-made-me", &clip, true, &spool.join("a")))
-        .wait(AGENT_TIMEOUT);
-    assert!(!status.success(), "sending to an unknown stream must fail: {out}");
+    let (status, out) = AgentProcess::start(&agent_run(
+        &server,
+        "nobody-made-me",
+        &clip,
+        true,
+        &spool.join("a"),
+    ))
+    .wait(AGENT_TIMEOUT);
+    assert!(
+        !status.success(),
+        "sending to an unknown stream must fail: {out}"
+    );
     assert!(out.contains("1 stream(s) refused"), "{out}");
 
     // An oversized fragment: refused with FragmentTooLarge, never stored.
     kvs.create_stream("small");
     let agent = AgentProcess::start(&agent_run(&server, "small", &clip, true, &spool.join("b")));
     let (status, out) = agent.wait(AGENT_TIMEOUT);
-    assert!(!status.success(), "oversized fragments must be refused: {out}");
-    assert!(kvs.list_all_fragments("small").is_empty(), "nothing oversized is stored");
+    assert!(
+        !status.success(),
+        "oversized fragments must be refused: {out}"
+    );
+    assert!(
+        kvs.list_all_fragments("small").is_empty(),
+        "nothing oversized is stored"
+    );
 
     // A stream name that tries to leave the data directory.
     let (status, error, _) = kvs.call("createStream", json!({"StreamName": "../escape"}));
-    assert_eq!((status, error.as_deref()), (400, Some("InvalidArgumentException")));
+    assert_eq!(
+        (status, error.as_deref()),
+        (400, Some("InvalidArgumentException"))
+    );
     let (status, error, _) = kvs.call("describeStream", json!({"StreamName": ".."}));
     assert_eq!(status, 400, "{error:?}");
     assert!(!server.data_dir().join("escape").exists());

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::capture::{Capture, CaptureConfig, CaptureError, CaptureEvent, CapturedFragment, Pace, SourceSpec};
+use crate::capture::{
+    Capture, CaptureConfig, CaptureError, CaptureEvent, CapturedFragment, Pace, SourceSpec,
+};
 use crate::config::{AgentSettings, CameraSettings};
 use crate::fragment::{Fragment, FragmentId, FragmentMeta, StreamName, UnixMillis};
 use crate::transport::{self, ServerTrust, UplinkOptions};
@@ -28,15 +30,24 @@ pub use session::{ProducerSession, SessionError};
 const UPLINK_CHANNEL_FRAGMENTS_MAX: usize = 8;
 /// Reports waiting for the caller.
 const REPORT_CHANNEL_MAX: usize = 256;
+/// How long one connection attempt to the server may take.
+const CONNECT_TIMEOUT_S: u64 = 5;
 /// Restart backoff for a live pipeline that failed.
 const PIPELINE_RESTART_BACKOFF_MAX_S: u64 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("camera {stream}: source {source_spec:?}: {error}")]
-    Source { stream: StreamName, source_spec: String, error: CaptureError },
+    Source {
+        stream: StreamName,
+        source_spec: String,
+        error: CaptureError,
+    },
     #[error("camera {stream}: capture failed: {error}")]
-    Capture { stream: StreamName, error: CaptureError },
+    Capture {
+        stream: StreamName,
+        error: CaptureError,
+    },
     #[error(transparent)]
     Session(#[from] SessionError),
     #[error("uplink failed: {0}")]
@@ -47,7 +58,10 @@ pub enum AgentError {
 #[derive(Debug, Clone)]
 pub enum AgentEvent {
     /// The server has the fragment on disk.
-    Persisted { id: FragmentId, fragment_number: Option<String> },
+    Persisted {
+        id: FragmentId,
+        fragment_number: Option<String>,
+    },
     /// The server refused the fragment for good.
     Refused { id: FragmentId, reason: String },
     /// The server refused a whole stream (unknown, not authorised...).
@@ -77,8 +91,10 @@ pub async fn run(
     events: Option<mpsc::Sender<AgentEvent>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<AgentReport, AgentError> {
-    std::fs::create_dir_all(&settings.spool_dir)
-        .map_err(|e| SessionError::Io { path: settings.spool_dir.clone(), source: e })?;
+    std::fs::create_dir_all(&settings.spool_dir).map_err(|e| SessionError::Io {
+        path: settings.spool_dir.clone(),
+        source: e,
+    })?;
     let mut cameras = Vec::with_capacity(settings.cameras.len());
     for camera in &settings.cameras {
         let source: SourceSpec = camera.source.parse().map_err(|error| AgentError::Source {
@@ -86,19 +102,33 @@ pub async fn run(
             source_spec: camera.source.clone(),
             error,
         })?;
-        let session = ProducerSession::load_or_create(&settings.spool_dir, &camera.stream, &source, UnixMillis::now())?;
+        let session = ProducerSession::load_or_create(
+            &settings.spool_dir,
+            &camera.stream,
+            &source,
+            UnixMillis::now(),
+        )?;
         tracing::info!(stream = %camera.stream, epoch = session.epoch, source = %camera.source, "camera session ready");
         cameras.push((camera.clone(), source, session));
     }
 
     let streams = cameras
         .iter()
-        .map(|(cam, _, s)| StreamOpen { stream: cam.stream.clone(), epoch: s.epoch })
+        .map(|(cam, _, s)| StreamOpen {
+            stream: cam.stream.clone(),
+            epoch: s.epoch,
+        })
         .collect();
     let (fragment_tx, fragment_rx) = mpsc::channel(UPLINK_CHANNEL_FRAGMENTS_MAX);
     let (report_tx, report_rx) = mpsc::channel(REPORT_CHANNEL_MAX);
     let options = uplink_options(&settings);
-    let uplink = tokio::spawn(transport::run_uplink(options, streams, fragment_rx, report_tx, shutdown.clone()));
+    let uplink = tokio::spawn(transport::run_uplink(
+        options,
+        streams,
+        fragment_rx,
+        report_tx,
+        shutdown.clone(),
+    ));
     let reports = tokio::spawn(collect_reports(report_rx, events));
 
     let mut captures = tokio::task::JoinSet::new();
@@ -140,13 +170,15 @@ pub async fn run(
 fn uplink_options(settings: &AgentSettings) -> UplinkOptions {
     let trust = match &settings.ca {
         Some(ca) => ServerTrust::CaFile(ca.clone()),
-        None => ServerTrust::TrustFirstSeen { pin_file: settings.spool_dir.join("server-certificate.sha256") },
+        None => ServerTrust::TrustFirstSeen {
+            pin_file: settings.spool_dir.join("server-certificate.sha256"),
+        },
     };
     UplinkOptions {
         server: settings.server.clone(),
         trust,
         uplink: UplinkConfig {
-            agent_name: settings.agent_name.clone(),
+            agent: settings.agent_name.clone(),
             pending_fragments_max: settings.pending_fragments_max as usize,
             pending_bytes_max: settings.pending_bytes_max,
             in_flight_max: settings.in_flight_max as usize,
@@ -154,6 +186,7 @@ fn uplink_options(settings: &AgentSettings) -> UplinkOptions {
             backoff_initial: Duration::from_millis(settings.backoff_initial_ms),
             backoff_max: Duration::from_millis(settings.backoff_max_ms),
         },
+        connect_timeout: Duration::from_secs(CONNECT_TIMEOUT_S),
     }
 }
 
@@ -180,16 +213,31 @@ async fn run_camera(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     let live = !matches!(source, SourceSpec::File(_));
-    let pace = if camera.fast && !live { Pace::Fast } else { Pace::RealTime };
+    let pace = if camera.fast && !live {
+        Pace::Fast
+    } else {
+        Pace::RealTime
+    };
     let mut sequence = 0u64;
     let mut restarts = 0u32;
     loop {
         // A live source starts a fresh timeline at each (re)start; a file keeps its origin so
         // that a restarted replay yields the same timestamps.
-        let origin = if live { UnixMillis::now() } else { session.origin };
-        let config = CaptureConfig { source: source.clone(), pace, ..base.clone() };
-        let (capture, mut captured) = Capture::start(config, origin)
-            .map_err(|error| AgentError::Capture { stream: camera.stream.clone(), error })?;
+        let origin = if live {
+            UnixMillis::now()
+        } else {
+            session.origin
+        };
+        let config = CaptureConfig {
+            source: source.clone(),
+            pace,
+            ..base.clone()
+        };
+        let (capture, mut captured) =
+            Capture::start(config, origin).map_err(|error| AgentError::Capture {
+                stream: camera.stream.clone(),
+                error,
+            })?;
         let outcome = loop {
             tokio::select! {
                 event = captured.recv() => match event {
@@ -203,29 +251,46 @@ async fn run_camera(
                     Some(CaptureEvent::EndOfStream) | None => break Ok(()),
                     Some(CaptureEvent::Error(error)) => break Err(error),
                 },
-                _ = shutdown.wait_for(|stop| *stop) => break Ok(()),
+                _ = stopped(&mut shutdown) => break Ok(()),
             }
         };
         capture.stop();
         match outcome {
             Ok(()) if !live || *shutdown.borrow() => return Ok(()),
             Ok(()) => tracing::warn!(stream = %camera.stream, "live source ended; restarting it"),
-            Err(error) if !live => return Err(AgentError::Capture { stream: camera.stream.clone(), error }),
-            Err(error) => tracing::error!(stream = %camera.stream, %error, "live source failed; restarting it"),
+            Err(error) if !live => {
+                return Err(AgentError::Capture {
+                    stream: camera.stream.clone(),
+                    error,
+                });
+            }
+            Err(error) => {
+                tracing::error!(stream = %camera.stream, %error, "live source failed; restarting it")
+            }
         }
         restarts = restarts.saturating_add(1);
-        let backoff = Duration::from_secs((1u64 << restarts.min(5)).min(PIPELINE_RESTART_BACKOFF_MAX_S));
+        let backoff =
+            Duration::from_secs((1u64 << restarts.min(5)).min(PIPELINE_RESTART_BACKOFF_MAX_S));
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            _ = stopped(&mut shutdown) => return Ok(()),
         }
     }
 }
 
-fn to_fragment(stream: &StreamName, epoch: u64, sequence: u64, captured: CapturedFragment) -> Fragment {
+fn to_fragment(
+    stream: &StreamName,
+    epoch: u64,
+    sequence: u64,
+    captured: CapturedFragment,
+) -> Fragment {
     Fragment {
         meta: FragmentMeta {
-            id: FragmentId { stream: stream.clone(), epoch, sequence },
+            id: FragmentId {
+                stream: stream.clone(),
+                epoch,
+                sequence,
+            },
             producer_timestamp: captured.producer_timestamp,
             duration_ms: captured.duration_ms,
         },
@@ -233,25 +298,44 @@ fn to_fragment(stream: &StreamName, epoch: u64, sequence: u64, captured: Capture
     }
 }
 
-async fn collect_reports(mut reports: mpsc::Receiver<UplinkEvent>, events: Option<mpsc::Sender<AgentEvent>>) -> AgentReport {
+async fn collect_reports(
+    mut reports: mpsc::Receiver<UplinkEvent>,
+    events: Option<mpsc::Sender<AgentEvent>>,
+) -> AgentReport {
     let mut totals = AgentReport::default();
     while let Some(report) = reports.recv().await {
         let event = match report {
-            UplinkEvent::Persisted { id, fragment_number } => {
+            UplinkEvent::Persisted {
+                id,
+                fragment_number,
+            } => {
                 totals.persisted += 1;
                 totals.already_stored += u64::from(fragment_number.is_none());
                 tracing::debug!(fragment = %id, number = ?fragment_number, "fragment persisted");
-                AgentEvent::Persisted { id, fragment_number }
+                AgentEvent::Persisted {
+                    id,
+                    fragment_number,
+                }
             }
             UplinkEvent::Refused { id, code, message } => {
                 totals.refused += 1;
                 tracing::error!(fragment = %id, ?code, %message, "server refused a fragment");
-                AgentEvent::Refused { id, reason: format!("{code:?}: {message}") }
+                AgentEvent::Refused {
+                    id,
+                    reason: format!("{code:?}: {message}"),
+                }
             }
-            UplinkEvent::StreamRefused { stream, code, message } => {
+            UplinkEvent::StreamRefused {
+                stream,
+                code,
+                message,
+            } => {
                 totals.streams_refused += 1;
                 tracing::error!(%stream, ?code, %message, "server refused the stream");
-                AgentEvent::StreamRefused { stream, reason: format!("{code:?}: {message}") }
+                AgentEvent::StreamRefused {
+                    stream,
+                    reason: format!("{code:?}: {message}"),
+                }
             }
             _ => continue,
         };
@@ -266,4 +350,10 @@ async fn collect_reports(mut reports: mpsc::Receiver<UplinkEvent>, events: Optio
 /// The state directory of an agent, for tests and tools.
 pub fn session_path(spool_dir: &std::path::Path, stream: &StreamName) -> PathBuf {
     session::path(spool_dir, stream)
+}
+
+/// Resolves once shutdown is asked for (or its sender is gone). Holds no borrow of the channel
+/// across an await, so the futures that select on it stay `Send`.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }

@@ -15,7 +15,10 @@ const SESSION_FILE_BYTES_MAX: u64 = 64 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("agent state in {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// One camera's producer session.
@@ -35,7 +38,12 @@ pub(super) fn path(dir: &Path, stream: &StreamName) -> PathBuf {
 impl ProducerSession {
     /// Reuses the stored session when the source is the same file; otherwise starts a new epoch
     /// (always greater than the previous one) and stores it durably.
-    pub fn load_or_create(dir: &Path, stream: &StreamName, source: &SourceSpec, now: UnixMillis) -> Result<Self, SessionError> {
+    pub fn load_or_create(
+        dir: &Path,
+        stream: &StreamName,
+        source: &SourceSpec,
+        now: UnixMillis,
+    ) -> Result<Self, SessionError> {
         let file = path(dir, stream);
         let previous = read(&file);
         let fingerprint = fingerprint(source);
@@ -45,8 +53,15 @@ impl ProducerSession {
             }
         }
         let epoch = previous.map_or(now.0, |p| now.0.max(p.epoch + 1));
-        let session = ProducerSession { epoch, source_fingerprint: fingerprint.unwrap_or_default(), origin: now };
-        write_durably(&file, &session).map_err(|source| SessionError::Io { path: file.clone(), source })?;
+        let session = ProducerSession {
+            epoch,
+            source_fingerprint: fingerprint.unwrap_or_default(),
+            origin: now,
+        };
+        write_durably(&file, &session).map_err(|source| SessionError::Io {
+            path: file.clone(),
+            source,
+        })?;
         Ok(session)
     }
 }
@@ -69,7 +84,9 @@ fn read(file: &Path) -> Option<ProducerSession> {
 
 /// Only file sources resume; a live source always starts a new session.
 fn fingerprint(source: &SourceSpec) -> Option<String> {
-    let SourceSpec::File(path) = source else { return None };
+    let SourceSpec::File(path) = source else {
+        return None;
+    };
     let meta = std::fs::metadata(path).ok()?;
     let modified = meta
         .modified()
@@ -77,7 +94,12 @@ fn fingerprint(source: &SourceSpec) -> Option<String> {
         .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
     let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-    Some(format!("{}|{}|{}", canonical.display(), meta.len(), modified))
+    Some(format!(
+        "{}|{}|{}",
+        canonical.display(),
+        meta.len(),
+        modified
+    ))
 }
 
 /// Temp file, fsync, rename, directory fsync: the session survives a power cut whole or not at all.
@@ -104,15 +126,24 @@ mod tests {
         let stream = StreamName::new("cam").expect("valid");
         let file = SourceSpec::File(clip.clone());
 
-        let first = ProducerSession::load_or_create(dir.path(), &stream, &file, UnixMillis(1_000)).expect("created");
-        let again = ProducerSession::load_or_create(dir.path(), &stream, &file, UnixMillis(9_000)).expect("loaded");
+        let first = ProducerSession::load_or_create(dir.path(), &stream, &file, UnixMillis(1_000))
+            .expect("created");
+        let again = ProducerSession::load_or_create(dir.path(), &stream, &file, UnixMillis(9_000))
+            .expect("loaded");
         assert_eq!(first, again, "same file, same session");
 
-        let live = ProducerSession::load_or_create(dir.path(), &stream, &SourceSpec::Test, UnixMillis(500)).expect("new");
+        let live = ProducerSession::load_or_create(
+            dir.path(),
+            &stream,
+            &SourceSpec::Test,
+            UnixMillis(500),
+        )
+        .expect("new");
         assert!(live.epoch > first.epoch, "a new epoch is always greater");
 
         std::fs::write(&clip, b"another video, another size").expect("write");
-        let changed = ProducerSession::load_or_create(dir.path(), &stream, &file, UnixMillis(600)).expect("new");
+        let changed = ProducerSession::load_or_create(dir.path(), &stream, &file, UnixMillis(600))
+            .expect("new");
         assert!(changed.epoch > live.epoch);
     }
 }

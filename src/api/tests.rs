@@ -28,6 +28,7 @@ fn harness(data_endpoint: Option<&str>) -> Harness {
         default_retention_hours: 24,
         create_on_first_use: false,
         segment_bytes_max: 1 << 20,
+        ..StoreConfig::default()
     };
     let store = Store::open(dir.path(), config).expect("store opens");
     let state = ApiState {

@@ -29,7 +29,10 @@ const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is {bytes} bytes; the limit is {CONFIG_FILE_BYTES_MAX}")]
     TooLarge { path: PathBuf, bytes: u64 },
     #[error("config file {path} is not valid: {message}")]
@@ -39,27 +42,47 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.to_owned(), reason: reason.into() }
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
 }
 
 /// Reads and parses a TOML config file, refusing unknown keys.
 pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
-    let read_err = |source| ConfigError::Read { path: path.to_owned(), source };
+    let read_err = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
     let bytes = std::fs::metadata(path).map_err(read_err)?.len();
     if bytes > CONFIG_FILE_BYTES_MAX {
-        return Err(ConfigError::TooLarge { path: path.to_owned(), bytes });
+        return Err(ConfigError::TooLarge {
+            path: path.to_owned(),
+            bytes,
+        });
     }
     let text = std::fs::read_to_string(path).map_err(read_err)?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value
-        .parse()
-        .map_err(|_| invalid(key, format!("{value:?} is not an address like 0.0.0.0:7070")))
+    value.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{value:?} is not an address like 0.0.0.0:7070"),
+        )
+    })
 }
 
-fn check_range<T: PartialOrd + std::fmt::Display + Copy>(key: &str, value: T, min: T, max: T) -> Result<T, ConfigError> {
+fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
     if value < min || value > max {
         return Err(invalid(key, format!("{value} is outside {min}..={max}")));
     }
@@ -158,13 +181,19 @@ impl Default for ServerConfig {
 
 impl Default for HttpSection {
     fn default() -> Self {
-        Self { listen: "0.0.0.0:7070".to_owned(), public_endpoint: String::new() }
+        Self {
+            listen: "0.0.0.0:7070".to_owned(),
+            public_endpoint: String::new(),
+        }
     }
 }
 
 impl Default for QuicSection {
     fn default() -> Self {
-        Self { listen: "0.0.0.0:7071".to_owned(), server_names: Vec::new() }
+        Self {
+            listen: "0.0.0.0:7071".to_owned(),
+            server_names: Vec::new(),
+        }
     }
 }
 
@@ -213,14 +242,34 @@ pub struct ServerSettings {
 
 impl ServerConfig {
     pub fn resolve(self) -> Result<ServerSettings, ConfigError> {
-        let fragment_bytes_max = check_range("ingest.fragment_bytes_max", self.ingest.fragment_bytes_max, 1024, FRAGMENT_BYTES_LIMIT)?;
+        let fragment_bytes_max = check_range(
+            "ingest.fragment_bytes_max",
+            self.ingest.fragment_bytes_max,
+            1024,
+            FRAGMENT_BYTES_LIMIT,
+        )?;
         let public_endpoint = match self.http.public_endpoint.trim() {
             "" => None,
-            url if url.starts_with("http://") || url.starts_with("https://") => Some(url.trim_end_matches('/').to_owned()),
-            url => return Err(invalid("http.public_endpoint", format!("{url:?} must start with http:// or https://"))),
+            url if url.starts_with("http://") || url.starts_with("https://") => {
+                Some(url.trim_end_matches('/').to_owned())
+            }
+            url => {
+                return Err(invalid(
+                    "http.public_endpoint",
+                    format!("{url:?} must start with http:// or https://"),
+                ));
+            }
         };
-        if self.region.is_empty() || !self.region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(invalid("region", format!("{:?} is not a region name like us-east-1", self.region)));
+        if self.region.is_empty()
+            || !self
+                .region
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(invalid(
+                "region",
+                format!("{:?} is not a region name like us-east-1", self.region),
+            ));
         }
         let mut keys = Vec::with_capacity(self.auth.keys.len());
         for (i, key) in self.auth.keys.into_iter().enumerate() {
@@ -240,7 +289,12 @@ impl ServerConfig {
                 100,
                 FRAGMENT_DURATION_MS_LIMIT,
             )?,
-            connections_max: check_range("ingest.connections_max", self.ingest.connections_max, 1, 65_536)?,
+            connections_max: check_range(
+                "ingest.connections_max",
+                self.ingest.connections_max,
+                1,
+                65_536,
+            )?,
             streams_per_connection_max: check_range(
                 "ingest.streams_per_connection_max",
                 self.ingest.streams_per_connection_max,
@@ -260,7 +314,12 @@ impl ServerConfig {
                 64 * 1024,
                 16 * 1024 * 1024 * 1024,
             )?,
-            retention_interval_s: check_range("storage.retention_interval_s", self.storage.retention_interval_s, 1, 86_400)?,
+            retention_interval_s: check_range(
+                "storage.retention_interval_s",
+                self.storage.retention_interval_s,
+                1,
+                86_400,
+            )?,
             open: self.auth.open,
             keys,
         })
@@ -273,8 +332,12 @@ fn resolve_key(index: usize, mut key: AccessKey) -> Result<AccessKey, ConfigErro
         return Err(invalid(&at("access_key_id"), "is empty"));
     }
     if let Some(var) = key.secret_access_key.strip_prefix("env:") {
-        key.secret_access_key = std::env::var(var)
-            .map_err(|_| invalid(&at("secret_access_key"), format!("environment variable {var} is not set")))?;
+        key.secret_access_key = std::env::var(var).map_err(|_| {
+            invalid(
+                &at("secret_access_key"),
+                format!("environment variable {var} is not set"),
+            )
+        })?;
     }
     if key.secret_access_key.is_empty() {
         return Err(invalid(&at("secret_access_key"), "is empty"));
@@ -359,7 +422,11 @@ impl Default for AgentConfig {
 
 impl Default for FragmentSection {
     fn default() -> Self {
-        Self { target_ms: 2_000, duration_ms_max: FRAGMENT_DURATION_MS_LIMIT, bytes_max: 16 * 1024 * 1024 }
+        Self {
+            target_ms: 2_000,
+            duration_ms_max: FRAGMENT_DURATION_MS_LIMIT,
+            bytes_max: 16 * 1024 * 1024,
+        }
     }
 }
 
@@ -407,7 +474,10 @@ pub struct AgentSettings {
 impl AgentConfig {
     pub fn resolve(self) -> Result<AgentSettings, ConfigError> {
         if !self.server.contains(':') {
-            return Err(invalid("server", format!("{:?} must be host:port, e.g. 127.0.0.1:7071", self.server)));
+            return Err(invalid(
+                "server",
+                format!("{:?} must be host:port, e.g. 127.0.0.1:7071", self.server),
+            ));
         }
         if self.ca.is_none() && !self.trust_first_certificate {
             return Err(invalid(
@@ -416,37 +486,87 @@ impl AgentConfig {
             ));
         }
         if self.cameras.is_empty() {
-            return Err(invalid("cameras", "no camera configured: add a [[cameras]] entry or pass --stream and --source"));
+            return Err(invalid(
+                "cameras",
+                "no camera configured: add a [[cameras]] entry or pass --stream and --source",
+            ));
         }
-        let target = check_range("fragments.target_ms", self.fragments.target_ms, 100, FRAGMENT_DURATION_MS_LIMIT)?;
-        let cap = check_range("fragments.duration_ms_max", self.fragments.duration_ms_max, target, FRAGMENT_DURATION_MS_LIMIT)?;
+        let target = check_range(
+            "fragments.target_ms",
+            self.fragments.target_ms,
+            100,
+            FRAGMENT_DURATION_MS_LIMIT,
+        )?;
+        let cap = check_range(
+            "fragments.duration_ms_max",
+            self.fragments.duration_ms_max,
+            target,
+            FRAGMENT_DURATION_MS_LIMIT,
+        )?;
         let mut cameras = Vec::with_capacity(self.cameras.len());
         for (i, cam) in self.cameras.into_iter().enumerate() {
-            let stream = StreamName::new(cam.stream).map_err(|e| invalid(&format!("cameras[{i}].stream"), e.to_string()))?;
+            let stream = StreamName::new(cam.stream)
+                .map_err(|e| invalid(&format!("cameras[{i}].stream"), e.to_string()))?;
             if cameras.iter().any(|c: &CameraSettings| c.stream == stream) {
-                return Err(invalid(&format!("cameras[{i}].stream"), format!("stream {stream} is used by two cameras")));
+                return Err(invalid(
+                    &format!("cameras[{i}].stream"),
+                    format!("stream {stream} is used by two cameras"),
+                ));
             }
             if cam.source.trim().is_empty() {
                 return Err(invalid(&format!("cameras[{i}].source"), "is empty"));
             }
-            cameras.push(CameraSettings { stream, source: cam.source, fast: cam.fast });
+            cameras.push(CameraSettings {
+                stream,
+                source: cam.source,
+                fast: cam.fast,
+            });
         }
         let u = &self.uplink;
         Ok(AgentSettings {
-            agent_name: if self.agent_name.is_empty() { default_agent_name() } else { self.agent_name.clone() },
+            agent_name: if self.agent_name.is_empty() {
+                default_agent_name()
+            } else {
+                self.agent_name.clone()
+            },
             server: self.server,
             ca: self.ca,
             trust_first_certificate: self.trust_first_certificate,
             spool_dir: self.spool_dir,
             fragment_target_ms: target,
             fragment_duration_ms_max: cap,
-            fragment_bytes_max: check_range("fragments.bytes_max", self.fragments.bytes_max, 64 * 1024, FRAGMENT_BYTES_LIMIT)?,
-            pending_fragments_max: check_range("uplink.pending_fragments_max", u.pending_fragments_max, 1, 100_000)?,
-            pending_bytes_max: check_range("uplink.pending_bytes_max", u.pending_bytes_max, 1024 * 1024, 64 * 1024 * 1024 * 1024)?,
+            fragment_bytes_max: check_range(
+                "fragments.bytes_max",
+                self.fragments.bytes_max,
+                64 * 1024,
+                FRAGMENT_BYTES_LIMIT,
+            )?,
+            pending_fragments_max: check_range(
+                "uplink.pending_fragments_max",
+                u.pending_fragments_max,
+                1,
+                100_000,
+            )?,
+            pending_bytes_max: check_range(
+                "uplink.pending_bytes_max",
+                u.pending_bytes_max,
+                1024 * 1024,
+                64 * 1024 * 1024 * 1024,
+            )?,
             in_flight_max: check_range("uplink.in_flight_max", u.in_flight_max, 1, 1024)?,
             ack_timeout_ms: check_range("uplink.ack_timeout_ms", u.ack_timeout_ms, 100, 600_000)?,
-            backoff_initial_ms: check_range("uplink.backoff_initial_ms", u.backoff_initial_ms, 1, 60_000)?,
-            backoff_max_ms: check_range("uplink.backoff_max_ms", u.backoff_max_ms, u.backoff_initial_ms, 600_000)?,
+            backoff_initial_ms: check_range(
+                "uplink.backoff_initial_ms",
+                u.backoff_initial_ms,
+                1,
+                60_000,
+            )?,
+            backoff_max_ms: check_range(
+                "uplink.backoff_max_ms",
+                u.backoff_max_ms,
+                u.backoff_initial_ms,
+                600_000,
+            )?,
             cameras,
         })
     }
@@ -476,35 +596,53 @@ mod tests {
             if path.extension().and_then(|e| e.to_str()) != Some("toml") {
                 continue;
             }
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             if name.starts_with("server") {
-                load::<ServerConfig>(&path).and_then(ServerConfig::resolve).unwrap_or_else(|e| panic!("{name}: {e}"));
+                load::<ServerConfig>(&path)
+                    .and_then(ServerConfig::resolve)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
             } else {
-                load::<AgentConfig>(&path).and_then(AgentConfig::resolve).unwrap_or_else(|e| panic!("{name}: {e}"));
+                load::<AgentConfig>(&path)
+                    .and_then(AgentConfig::resolve)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
             }
             checked += 1;
         }
-        assert!(checked >= 2, "expected at least the server and agent configs");
+        assert!(
+            checked >= 2,
+            "expected at least the server and agent configs"
+        );
     }
 
     #[test]
     fn errors_name_the_bad_key() {
-        let cfg: ServerConfig = toml::from_str("[storage]\ndefault_retention_hours = 0\n").expect("parses");
+        let cfg: ServerConfig =
+            toml::from_str("[storage]\ndefault_retention_hours = 0\n").expect("parses");
         let err = cfg.resolve().expect_err("0 hours is refused");
-        assert!(err.to_string().contains("storage.default_retention_hours"), "{err}");
+        assert!(
+            err.to_string().contains("storage.default_retention_hours"),
+            "{err}"
+        );
 
-        let unknown = toml::from_str::<ServerConfig>("[storage]\nretension_hours = 5\n").expect_err("typo refused");
+        let unknown = toml::from_str::<ServerConfig>("[storage]\nretension_hours = 5\n")
+            .expect_err("typo refused");
         assert!(unknown.to_string().contains("retension_hours"), "{unknown}");
 
         let agent: AgentConfig =
-            toml::from_str("ca = \"ca.pem\"\n[[cameras]]\nstream = \"../x\"\nsource = \"test\"\n").expect("parses");
+            toml::from_str("ca = \"ca.pem\"\n[[cameras]]\nstream = \"../x\"\nsource = \"test\"\n")
+                .expect("parses");
         let err = agent.resolve().expect_err("bad stream refused");
         assert!(err.to_string().contains("cameras[0].stream"), "{err}");
     }
 
     #[test]
     fn empty_server_config_gives_the_documented_defaults() {
-        let s = ServerConfig::default().resolve().expect("defaults are valid");
+        let s = ServerConfig::default()
+            .resolve()
+            .expect("defaults are valid");
         assert_eq!(s.http_listen.port(), 7070);
         assert_eq!(s.quic_listen.port(), 7071);
         assert_eq!(s.default_retention_hours, 24);

@@ -14,7 +14,7 @@ use crate::config::{AgentConfig, CameraSection, ServerConfig};
 use crate::fragment::{StreamName, UnixMillis};
 use crate::media::{self, MediaFragment};
 use crate::server::Server;
-use crate::store::{FragmentNumber, TimestampKind};
+use crate::store::{FragmentNumber, FragmentSummary, LIST_FRAGMENTS_MAX, TimestampKind};
 
 /// The clip the demo replays, under the assets directory.
 pub const DEMO_CLIP: &str = "videos/intel_one-by-one-person-detection.mp4";
@@ -47,7 +47,10 @@ pub enum DemoError {
     #[error("nothing was stored, so there is no clip to write")]
     NothingStored,
     #[error("cannot write the clip to {path}: {source}")]
-    WriteClip { path: PathBuf, source: std::io::Error },
+    WriteClip {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -65,20 +68,40 @@ pub fn find_assets() -> Option<PathBuf> {
         .map(PathBuf::from)
         .into_iter()
         .chain([PathBuf::from(".assets"), PathBuf::from("../shared/assets")]);
-    candidates.into_iter().find(|dir| dir.join(DEMO_CLIP).is_file())
+    candidates
+        .into_iter()
+        .find(|dir| dir.join(DEMO_CLIP).is_file())
 }
 
 pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     let assets = find_assets().ok_or(DemoError::NoAssets)?;
     let clip = assets.join(DEMO_CLIP);
-    let tmp = tempfile::Builder::new().prefix("hydrant-demo-").tempdir().map_err(DemoError::TempDir)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("hydrant-demo-")
+        .tempdir()
+        .map_err(DemoError::TempDir)?;
     let stream = StreamName::new(DEMO_STREAM).map_err(|_| DemoError::NothingStored)?;
 
     let server = start_server(tmp.path()).await?;
     println!("Hydrant demo");
-    println!("  server   HTTP http://{}  QUIC {}  data {}", server.http_addr, server.quic_addr, tmp.path().display());
-    println!("  agent    replaying {} {}", clip.display(), if options.fast { "as fast as possible" } else { "at real-time pace" });
-    println!("  (sample video by Intel IoT DevKit, https://github.com/intel-iot-devkit/sample-videos, CC BY 4.0)");
+    println!(
+        "  server   HTTP http://{}  QUIC {}  data {}",
+        server.http_addr,
+        server.quic_addr,
+        tmp.path().display()
+    );
+    println!(
+        "  agent    replaying {} {}",
+        clip.display(),
+        if options.fast {
+            "as fast as possible"
+        } else {
+            "at real-time pace"
+        }
+    );
+    println!(
+        "  (sample video by Intel IoT DevKit, https://github.com/intel-iot-devkit/sample-videos, CC BY 4.0)"
+    );
     println!();
 
     let settings = AgentConfig {
@@ -86,19 +109,29 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
         ca: Some(server.ca_pem.clone()),
         spool_dir: tmp.path().join("agent"),
         agent_name: "demo-agent".to_owned(),
-        cameras: vec![CameraSection { stream: DEMO_STREAM.to_owned(), source: format!("file:{}", clip.display()), fast: options.fast }],
+        cameras: vec![CameraSection {
+            stream: DEMO_STREAM.to_owned(),
+            source: format!("file:{}", clip.display()),
+            fast: options.fast,
+        }],
         ..AgentConfig::default()
     }
     .resolve()?;
     let (events_tx, events_rx) = mpsc::channel(64);
     let (_stop, stop_rx) = watch::channel(false);
-    let printer = tokio::spawn(print_events(events_rx, server.store.clone(), stream.clone()));
+    let printer = tokio::spawn(print_events(
+        events_rx,
+        server.store.clone(),
+        stream.clone(),
+    ));
     let report = agent::run(settings, Some(events_tx), stop_rx).await;
     let _ = printer.await;
     let report = report?;
     if !report.all_persisted() {
         server.shutdown().await;
-        return Err(DemoError::Refused { refused: report.refused });
+        return Err(DemoError::Refused {
+            refused: report.refused,
+        });
     }
 
     let result = write_last_clip(&server, &stream, &options.clip_out);
@@ -112,12 +145,18 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
         bytes / 1024,
         options.clip_out.display()
     );
-    println!("Play it with:  gst-play-1.0 {0}   (or: ffplay {0}, vlc {0})", options.clip_out.display());
+    println!(
+        "Play it with:  gst-play-1.0 {0}   (or: ffplay {0}, vlc {0})",
+        options.clip_out.display()
+    );
     Ok(())
 }
 
 async fn start_server(data_dir: &Path) -> Result<Server, DemoError> {
-    let mut config = ServerConfig { data_dir: data_dir.join("server"), ..ServerConfig::default() };
+    let mut config = ServerConfig {
+        data_dir: data_dir.join("server"),
+        ..ServerConfig::default()
+    };
     config.storage.create_streams_on_first_use = true;
     config.quic.listen = "127.0.0.1:0".to_owned();
     // The usual port when it is free, so the AWS CLI examples in the README work as written.
@@ -132,10 +171,17 @@ async fn start_server(data_dir: &Path) -> Result<Server, DemoError> {
     }
 }
 
-async fn print_events(mut events: mpsc::Receiver<AgentEvent>, store: std::sync::Arc<crate::store::Store>, stream: StreamName) {
+async fn print_events(
+    mut events: mpsc::Receiver<AgentEvent>,
+    store: std::sync::Arc<crate::store::Store>,
+    stream: StreamName,
+) {
     while let Some(event) = events.recv().await {
         match event {
-            AgentEvent::Persisted { id, fragment_number } => {
+            AgentEvent::Persisted {
+                id,
+                fragment_number,
+            } => {
                 let summary = fragment_number
                     .as_deref()
                     .and_then(|n| n.parse::<FragmentNumber>().ok())
@@ -154,26 +200,63 @@ async fn print_events(mut events: mpsc::Receiver<AgentEvent>, store: std::sync::
                 }
             }
             AgentEvent::Refused { id, reason } => println!("  REFUSED   #{} {reason}", id.sequence),
-            AgentEvent::StreamRefused { stream, reason } => println!("  STREAM REFUSED {stream}: {reason}"),
+            AgentEvent::StreamRefused { stream, reason } => {
+                println!("  STREAM REFUSED {stream}: {reason}")
+            }
         }
     }
 }
 
 /// Muxes the last [`CLIP_MS`] of the stream (by producer time) into an MP4 file.
-fn write_last_clip(server: &Server, stream: &StreamName, out: &Path) -> Result<(usize, usize), DemoError> {
-    let all = server.store.list_fragments(stream, TimestampKind::Producer, UnixMillis(0), UnixMillis(u64::MAX), None, usize::MAX)?;
+fn write_last_clip(
+    server: &Server,
+    stream: &StreamName,
+    out: &Path,
+) -> Result<(usize, usize), DemoError> {
+    let all = all_fragments(server, stream)?;
     let end = all
         .iter()
-        .map(|f| f.producer_timestamp.saturating_add_ms(u64::from(f.duration_ms)))
+        .map(|f| {
+            f.producer_timestamp
+                .saturating_add_ms(u64::from(f.duration_ms))
+        })
         .max()
         .ok_or(DemoError::NothingStored)?;
     let start = UnixMillis(end.0.saturating_sub(CLIP_MS));
     let mut fragments: Vec<MediaFragment> = Vec::new();
-    for summary in all.iter().filter(|f| f.producer_timestamp >= start).take(CLIP_FRAGMENTS_MAX) {
+    for summary in all
+        .iter()
+        .filter(|f| f.producer_timestamp >= start)
+        .take(CLIP_FRAGMENTS_MAX)
+    {
         let (_, payload) = server.store.read_fragment(stream, summary.number)?;
         fragments.push(MediaFragment::decode(&payload)?);
     }
     let mp4 = media::mp4::write_mp4(&fragments)?;
-    std::fs::write(out, &mp4).map_err(|source| DemoError::WriteClip { path: out.to_owned(), source })?;
+    std::fs::write(out, &mp4).map_err(|source| DemoError::WriteClip {
+        path: out.to_owned(),
+        source,
+    })?;
     Ok((fragments.len(), mp4.len()))
+}
+
+/// Every fragment of the stream in producer-time order, a page at a time.
+fn all_fragments(server: &Server, stream: &StreamName) -> Result<Vec<FragmentSummary>, DemoError> {
+    let mut all: Vec<FragmentSummary> = Vec::new();
+    loop {
+        let after = all.last().map(|f| f.number);
+        let page = server.store.list_fragments(
+            stream,
+            TimestampKind::Producer,
+            UnixMillis(0),
+            UnixMillis(u64::MAX),
+            after,
+            LIST_FRAGMENTS_MAX,
+        )?;
+        let done = page.len() < LIST_FRAGMENTS_MAX;
+        all.extend(page);
+        if done {
+            return Ok(all);
+        }
+    }
 }

@@ -31,9 +31,15 @@ pub enum ServerError {
     #[error("cannot set up the TLS identity: {0}")]
     Tls(transport::TransportError),
     #[error("cannot listen for agents on {addr} (QUIC): {source}")]
-    BindQuic { addr: SocketAddr, source: transport::TransportError },
+    BindQuic {
+        addr: SocketAddr,
+        source: transport::TransportError,
+    },
     #[error("cannot listen for HTTP on {addr}: {source}")]
-    BindHttp { addr: SocketAddr, source: std::io::Error },
+    BindHttp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running server. Dropping it without [`Server::shutdown`] aborts its tasks.
@@ -61,30 +67,54 @@ impl Server {
             default_retention_hours: settings.default_retention_hours,
             create_on_first_use: settings.create_streams_on_first_use,
             segment_bytes_max: settings.segment_bytes_max,
+            fragment_bytes_max: settings.fragment_bytes_max,
+            region: settings.region.clone(),
+            ..StoreConfig::default()
         };
-        let store = Store::open(&settings.data_dir, store_config)
-            .map_err(|source| ServerError::Store { path: settings.data_dir.clone(), source })?;
-        let identity = transport::load_or_create_server_identity(&settings.data_dir.join("tls"), &settings.server_names)
-            .map_err(ServerError::Tls)?;
+        let store =
+            Store::open(&settings.data_dir, store_config).map_err(|source| ServerError::Store {
+                path: settings.data_dir.clone(),
+                source,
+            })?;
+        let identity = transport::load_or_create_server_identity(
+            &settings.data_dir.join("tls"),
+            &settings.server_names,
+        )
+        .map_err(ServerError::Tls)?;
         let ingest_config = IngestConfig {
             fragment_bytes_max: settings.fragment_bytes_max,
             fragment_duration_ms_max: settings.fragment_duration_ms_max,
-            connections_max: settings.connections_max,
-            streams_per_connection_max: settings.streams_per_connection_max,
+            connections_max: settings.connections_max as usize,
+            streams_per_connection_max: settings.streams_per_connection_max as usize,
             ..IngestConfig::default()
         };
-        let sink = Arc::new(StoreSink { store: store.clone() });
+        let sink = Arc::new(StoreSink {
+            store: store.clone(),
+        });
         let ingest = IngestServer::bind(settings.quic_listen, &identity, ingest_config, sink)
-            .await
-            .map_err(|source| ServerError::BindQuic { addr: settings.quic_listen, source })?;
-        let quic_addr = ingest.local_addr();
+            .map_err(|source| ServerError::BindQuic {
+                addr: settings.quic_listen,
+                source,
+            })?;
+        let quic_addr = ingest
+            .local_addr()
+            .map_err(|source| ServerError::BindQuic {
+                addr: settings.quic_listen,
+                source,
+            })?;
 
         let listener = tokio::net::TcpListener::bind(settings.http_listen)
             .await
-            .map_err(|source| ServerError::BindHttp { addr: settings.http_listen, source })?;
+            .map_err(|source| ServerError::BindHttp {
+                addr: settings.http_listen,
+                source,
+            })?;
         let http_addr = listener
             .local_addr()
-            .map_err(|source| ServerError::BindHttp { addr: settings.http_listen, source })?;
+            .map_err(|source| ServerError::BindHttp {
+                addr: settings.http_listen,
+                source,
+            })?;
         let router = api::router(ApiState {
             store: store.clone(),
             region: settings.region.clone(),
@@ -95,17 +125,34 @@ impl Server {
         let mut tasks = JoinSet::new();
         tasks.spawn(run_ingest(ingest, shutdown.subscribe()));
         tasks.spawn(run_http(listener, router, shutdown.subscribe()));
-        tasks.spawn(run_retention(store.clone(), Duration::from_secs(settings.retention_interval_s), shutdown.subscribe()));
+        tasks.spawn(run_retention(
+            store.clone(),
+            Duration::from_secs(settings.retention_interval_s),
+            shutdown.subscribe(),
+        ));
         tracing::info!(%http_addr, %quic_addr, data_dir = %settings.data_dir.display(), "server listening");
-        Ok(Server { http_addr, quic_addr, ca_pem: identity.ca_pem_path.clone(), store, shutdown, tasks })
+        Ok(Server {
+            http_addr,
+            quic_addr,
+            ca_pem: identity.ca_pem_path.clone(),
+            store,
+            shutdown,
+            tasks,
+        })
     }
 
     /// Stops accepting, lets in-flight work finish, and waits for the tasks (bounded).
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         let drain = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(SHUTDOWN_DEADLINE_S), drain).await.is_err() {
-            tracing::warn!(deadline_s = SHUTDOWN_DEADLINE_S, "server tasks did not stop in time; aborting them");
+        if tokio::time::timeout(Duration::from_secs(SHUTDOWN_DEADLINE_S), drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                deadline_s = SHUTDOWN_DEADLINE_S,
+                "server tasks did not stop in time; aborting them"
+            );
             self.tasks.abort_all();
         }
         tracing::info!("server stopped");
@@ -118,11 +165,18 @@ async fn run_ingest<S: FragmentSink>(ingest: IngestServer<S>, shutdown: watch::R
     }
 }
 
-async fn run_http(listener: tokio::net::TcpListener, router: axum::Router, mut shutdown: watch::Receiver<bool>) {
+async fn run_http(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let stop = async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
+        stopped(&mut shutdown).await;
     };
-    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await
+    {
         tracing::error!(error = %e, "HTTP server stopped with an error");
     }
 }
@@ -133,12 +187,16 @@ async fn run_retention(store: Arc<Store>, every: Duration, mut shutdown: watch::
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = stopped(&mut shutdown) => return,
         }
         let store = store.clone();
-        match tokio::task::spawn_blocking(move || store.enforce_retention(UnixMillis::now())).await {
+        match tokio::task::spawn_blocking(move || store.enforce_retention(UnixMillis::now())).await
+        {
             Ok(Ok(0)) => {}
-            Ok(Ok(deleted)) => tracing::info!(segments_deleted = deleted, "retention deleted expired segments"),
+            Ok(Ok(deleted)) => tracing::info!(
+                segments_deleted = deleted,
+                "retention deleted expired segments"
+            ),
             Ok(Err(e)) => tracing::error!(error = %e, "retention failed; it will be retried"),
             Err(e) => tracing::error!(error = %e, "retention task failed"),
         }
@@ -153,7 +211,9 @@ struct StoreSink {
 
 impl FragmentSink for StoreSink {
     async fn open_stream(&self, stream: &StreamName, epoch: u64) -> Result<u64, SinkError> {
-        self.store.open_producer(stream, epoch, UnixMillis::now()).map_err(sink_error)
+        self.store
+            .open_producer(stream, epoch, UnixMillis::now())
+            .map_err(sink_error)
     }
 
     async fn persist(&self, fragment: Fragment) -> Result<String, SinkError> {
@@ -172,5 +232,14 @@ fn sink_error(e: StoreError) -> SinkError {
     if code == ErrorCode::StorageFailure {
         tracing::error!(error = %e, "store refused a fragment");
     }
-    SinkError { code, message: e.to_string() }
+    SinkError {
+        code,
+        message: e.to_string(),
+    }
+}
+
+/// Resolves once shutdown is asked for (or its sender is gone). Holds no borrow of the channel
+/// across an await, so the futures that select on it stay `Send`.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }

@@ -719,3 +719,42 @@ fn no_welcome_within_the_ack_timeout_reconnects() {
     up.handle_timeout(reconnect);
     assert_eq!(up.poll_event(), Some(UplinkEvent::Connect));
 }
+
+#[test]
+fn fragments_pushed_after_the_welcome_below_the_resume_point_are_never_sent() {
+    // A restarted replay captures again from the start; the server already has 0..5.
+    let now = Instant::now();
+    let mut up = Uplink::new(config(), opens(&["a"]), 4, now);
+    assert_eq!(up.poll_event(), Some(UplinkEvent::Connect));
+    up.handle_connected(now);
+    assert!(matches!(up.poll_event(), Some(UplinkEvent::SendControl(_))));
+    let resume = StreamResume {
+        stream: name("a"),
+        epoch: 1,
+        next_sequence: 5,
+    };
+    up.handle_message(
+        ServerMessage::Welcome {
+            resumes: vec![resume],
+        },
+        now,
+    );
+    let mut sent = Vec::new();
+    let mut known = Vec::new();
+    for sequence in 0..8 {
+        up.push(fragment("a", 1, sequence, 10)).unwrap();
+        while let Some(event) = up.poll_event() {
+            match event {
+                UplinkEvent::SendFragment(id) => sent.push(id.sequence),
+                UplinkEvent::Persisted {
+                    id,
+                    fragment_number: None,
+                } => known.push(id.sequence),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(known, vec![0, 1, 2, 3, 4]);
+    assert_eq!(sent, vec![5, 6, 7]);
+    assert_eq!(up.pending_fragments(), 3);
+}

@@ -132,6 +132,9 @@ struct Entry {
 pub struct Uplink {
     config: UplinkConfig,
     streams: Vec<StreamOpen>,
+    /// Per (stream, epoch), the server's last resume point: every sequence below it is stored.
+    /// Fragments pushed later with such a sequence (a restarted replay) are never sent.
+    resume_points: HashMap<(StreamName, u64), u64>,
     refused: HashMap<StreamName, ErrorCode>,
     link: Link,
     /// Failed connection attempts since the last Welcome.
@@ -159,6 +162,7 @@ impl Uplink {
             config,
             streams,
             refused: HashMap::new(),
+            resume_points: HashMap::new(),
             link: Link::Down { reconnect_at: now },
             reconnects: 0,
             rng: SplitMix64::new(rng_seed),
@@ -184,6 +188,14 @@ impl Uplink {
     pub fn push(&mut self, fragment: Fragment) -> Result<(), UplinkError> {
         let id = fragment.meta.id.clone();
         self.check_push(&fragment)?;
+        let resume = self.resume_points.get(&(id.stream.clone(), id.epoch));
+        if resume.is_some_and(|&next| id.sequence < next) {
+            self.events.push_back(UplinkEvent::Persisted {
+                id,
+                fragment_number: None,
+            });
+            return Ok(());
+        }
         let key = self.next_key;
         self.next_key += 1;
         self.bytes += fragment.payload.len() as u64;
@@ -389,6 +401,11 @@ impl Uplink {
         self.reconnects = 0;
         for resume in resumes {
             self.skip_persisted(&resume);
+            let point = self
+                .resume_points
+                .entry((resume.stream, resume.epoch))
+                .or_insert(0);
+            *point = (*point).max(resume.next_sequence);
         }
         self.last_now = self.last_now.max(now);
     }
