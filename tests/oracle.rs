@@ -64,8 +64,7 @@ pub fn gop_frame_counts(path: &Path) -> Vec<usize> {
             .build(),
     );
     run_to_eos(&pipeline);
-    let counts = counts.lock().expect("lock").clone();
-    counts
+    counts.lock().expect("lock").clone()
 }
 
 /// Frames an MP4 file decodes to with GStreamer's own demuxer and decoder.

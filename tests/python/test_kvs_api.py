@@ -1,37 +1,27 @@
-"""boto3 against a running Hydrant server: the Kinesis Video control plane and ListFragments.
+"""boto3 against a real Hydrant server: the Kinesis Video control plane and ListFragments.
 
-Set HYDRANT_ENDPOINT (for example http://127.0.0.1:7070) to run; the module is skipped otherwise.
+The `server` and `kvs` fixtures (conftest.py) start the server on loopback.
 """
 
-import os
 import uuid
 
+import boto3
 import pytest
-
-boto3 = pytest.importorskip("boto3")
-from botocore.config import Config  # noqa: E402
-from botocore.exceptions import ClientError  # noqa: E402
-
-ENDPOINT = os.environ.get("HYDRANT_ENDPOINT")
-pytestmark = pytest.mark.skipif(not ENDPOINT, reason="HYDRANT_ENDPOINT is not set")
+from botocore.config import Config
+from botocore.exceptions import ClientError
 
 REGION = "us-east-1"
 
 
-def client(service, endpoint=None):
+def client(service, endpoint):
     return boto3.client(
         service,
-        endpoint_url=endpoint or ENDPOINT,
+        endpoint_url=endpoint,
         region_name=REGION,
         aws_access_key_id="AKIDEXAMPLE",
         aws_secret_access_key="secret",
         config=Config(retries={"max_attempts": 1}),
     )
-
-
-@pytest.fixture
-def kvs():
-    return client("kinesisvideo")
 
 
 @pytest.fixture
