@@ -219,6 +219,8 @@ impl FragmentSink for StoreSink {
     async fn persist(&self, fragment: Fragment) -> Result<String, SinkError> {
         match self.store.append(fragment, UnixMillis::now()).await {
             Ok(Appended::Stored(number) | Appended::Duplicate(number)) => Ok(number.to_string()),
+            // It was stored once and retention has since deleted it: the producer may let it go.
+            Err(StoreError::FragmentExpired { .. }) => Ok(String::new()),
             Err(e) => Err(sink_error(e)),
         }
     }
@@ -227,6 +229,9 @@ impl FragmentSink for StoreSink {
 fn sink_error(e: StoreError) -> SinkError {
     let code = match &e {
         StoreError::StreamNotFound(_) => ErrorCode::UnknownStream,
+        StoreError::FragmentTooLarge { .. } => ErrorCode::FragmentTooLarge,
+        StoreError::StreamLimitExceeded { .. } => ErrorCode::LimitExceeded,
+        StoreError::SequenceGapsExceeded { .. } => ErrorCode::ProtocolViolation,
         _ => ErrorCode::StorageFailure,
     };
     if code == ErrorCode::StorageFailure {
