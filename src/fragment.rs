@@ -118,6 +118,34 @@ impl UnixMillis {
     pub fn saturating_add_ms(self, ms: u64) -> Self {
         Self(self.0.saturating_add(ms))
     }
+
+    /// UTC date and time as RFC 3339 with milliseconds, e.g. `2017-11-28T06:55:09.126Z`.
+    pub fn to_rfc3339(self) -> String {
+        let secs = self.0 / 1000;
+        let (year, month, day) = civil_from_days(secs / 86_400);
+        let rem = secs % 86_400;
+        format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60,
+            self.0 % 1000
+        )
+    }
+}
+
+/// Proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 impl fmt::Display for UnixMillis {
@@ -207,5 +235,11 @@ mod tests {
         assert_eq!(UnixMillis::from_secs_f64(t.as_secs_f64()), Some(t));
         assert_eq!(UnixMillis::from_secs_f64(-1.0), None);
         assert_eq!(UnixMillis::from_secs_f64(f64::NAN), None);
+        assert_eq!(t.to_rfc3339(), "2017-11-28T06:55:09.126Z");
+        assert_eq!(UnixMillis(0).to_rfc3339(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            UnixMillis(951_782_400_000).to_rfc3339(),
+            "2000-02-29T00:00:00.000Z"
+        );
     }
 }

@@ -140,7 +140,7 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     println!();
     println!("{} fragments persisted.", report.persisted);
     println!(
-        "Wrote the last {} s ({fragments} fragments, {} KiB) to {}",
+        "Wrote a clip of the last {} s ({fragments} fragments, {} KiB) to {}",
         CLIP_MS / 1000,
         bytes / 1024,
         options.clip_out.display()
@@ -192,7 +192,7 @@ async fn print_events(
                         "  persisted #{:<4} fragment {}  producer {}  {:>5} ms  {:>6} KiB",
                         id.sequence,
                         s.number,
-                        s.producer_timestamp,
+                        s.producer_timestamp.to_rfc3339(),
                         s.duration_ms,
                         s.size_bytes / 1024
                     ),
