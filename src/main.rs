@@ -119,10 +119,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HYDRANT_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,quinn=warn,ort=warn"));
+    let filter =
+        EnvFilter::try_from_env("HYDRANT_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
