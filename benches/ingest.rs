@@ -195,11 +195,52 @@ async fn send_fragments(
     latencies
 }
 
+/// Closed loop: each fragment is sent only after the previous one is PERSISTED, so the latency
+/// is the round trip itself (transfer, checksum, append, fsync, ack), without queueing.
 async fn latency_one_at_a_time(server: &Server, size: usize) -> Vec<f64> {
-    let mut options = uplink_options(server);
-    options.uplink.in_flight_max = 1;
-    options.uplink.pending_fragments_max = 1;
-    send_fragments(options, "bench-latency".to_owned(), LATENCY_SAMPLES, size).await
+    let stream = StreamName::new("bench-latency").expect("valid");
+    let (tx, rx) = mpsc::channel(1);
+    let (reports_tx, mut reports) = mpsc::channel(16);
+    let (_stop, stop_rx) = watch::channel(false);
+    let streams = vec![StreamOpen {
+        stream: stream.clone(),
+        epoch: 1,
+    }];
+    let uplink = tokio::spawn(transport::run_uplink(
+        uplink_options(server),
+        streams,
+        rx,
+        reports_tx,
+        stop_rx,
+    ));
+    let payload = Bytes::from(vec![0x42u8; size]);
+    let mut latencies = Vec::with_capacity(LATENCY_SAMPLES);
+    for sequence in 0..LATENCY_SAMPLES as u64 {
+        let fragment = Fragment {
+            meta: FragmentMeta {
+                id: FragmentId {
+                    stream: stream.clone(),
+                    epoch: 1,
+                    sequence,
+                },
+                producer_timestamp: UnixMillis::now(),
+                duration_ms: 2000,
+            },
+            payload: payload.clone(),
+        };
+        let started = Instant::now();
+        tx.send(fragment).await.expect("uplink running");
+        loop {
+            match reports.recv().await.expect("uplink reports") {
+                UplinkEvent::Persisted { id, .. } if id.sequence == sequence => break,
+                _ => {}
+            }
+        }
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    drop(tx);
+    uplink.await.expect("uplink task").expect("uplink");
+    latencies
 }
 
 fn raw_disk_throughput(dir: &std::path::Path) -> f64 {
