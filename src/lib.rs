@@ -14,5 +14,6 @@ pub mod media;
 pub mod record_log;
 pub mod server;
 pub mod store;
+pub mod streams;
 pub mod transport;
 pub mod wire;

@@ -160,6 +160,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     }
     cfg.auth.open |= args.open;
     if args.no_throttle {
+        cfg.streams.throttle = false;
         tracing::info!("--no-throttle: data stream throughput limits are off");
     }
     let server = hydrant::server::Server::start(cfg.resolve()?).await?;

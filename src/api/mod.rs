@@ -18,6 +18,7 @@ mod archived;
 mod auth;
 pub mod error;
 pub mod json;
+pub mod kinesis;
 mod kvs;
 
 use std::sync::Arc;
@@ -54,6 +55,8 @@ pub struct ApiState {
     pub region: String,
     /// The URL returned by GetDataEndpoint; when unset, `http://` plus the request's Host.
     pub data_endpoint: Option<String>,
+    /// Data streams, served at `POST /` (Kinesis Data Streams); absent when not wired.
+    pub streams: Option<Arc<crate::streams::Streams>>,
 }
 
 /// The state the handlers share: the configured state plus the server's own bounds.
@@ -67,6 +70,7 @@ type AppState = Arc<Shared>;
 
 /// The Kinesis Video router: `POST /<operation>` per operation, JSON in and out.
 pub fn router(state: ApiState) -> Router {
+    let kinesis = state.streams.clone().map(kinesis::router);
     let shared = Arc::new(Shared {
         api: state,
         clip_permits: Semaphore::new(CLIP_REQUESTS_MAX),
@@ -80,6 +84,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/getDataEndpoint", post(kvs::get_data_endpoint))
         .route("/listFragments", post(archived::list_fragments))
         .route("/getClip", post(archived::get_clip))
+        .merge(kinesis.unwrap_or_default())
         .fallback(unknown_operation)
         .layer(middleware::from_fn(auth::authenticate))
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))

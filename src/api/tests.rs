@@ -35,6 +35,7 @@ fn harness(data_endpoint: Option<&str>) -> Harness {
         store: store.clone(),
         region: "us-east-1".into(),
         data_endpoint: data_endpoint.map(String::from),
+        streams: None,
     };
     Harness {
         _dir: dir,

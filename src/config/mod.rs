@@ -104,6 +104,7 @@ pub struct ServerConfig {
     pub quic: QuicSection,
     pub ingest: IngestSection,
     pub storage: StorageSection,
+    pub streams: StreamsSection,
     pub auth: AuthSection,
 }
 
@@ -174,6 +175,7 @@ impl Default for ServerConfig {
             quic: QuicSection::default(),
             ingest: IngestSection::default(),
             storage: StorageSection::default(),
+            streams: StreamsSection::default(),
             auth: AuthSection::default(),
         }
     }
@@ -219,6 +221,20 @@ impl Default for StorageSection {
     }
 }
 
+/// `[streams]`: data streams (the Kinesis Data Streams API).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsSection {
+    /// Enforce the per-shard throughput limits; `--no-throttle` turns them off.
+    pub throttle: bool,
+}
+
+impl Default for StreamsSection {
+    fn default() -> Self {
+        Self { throttle: true }
+    }
+}
+
 /// Server settings after validation: every value is in range and every address parsed.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -236,6 +252,8 @@ pub struct ServerSettings {
     pub create_streams_on_first_use: bool,
     pub segment_bytes_max: u64,
     pub retention_interval_s: u64,
+    /// Whether data streams enforce per-shard throughput limits.
+    pub streams_throttle: bool,
     pub open: bool,
     pub keys: Vec<AccessKey>,
 }
@@ -320,6 +338,7 @@ impl ServerConfig {
                 1,
                 86_400,
             )?,
+            streams_throttle: self.streams.throttle,
             open: self.auth.open,
             keys,
         })

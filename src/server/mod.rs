@@ -18,6 +18,7 @@ use crate::api::{self, ApiState};
 use crate::config::ServerSettings;
 use crate::fragment::{Fragment, StreamName, UnixMillis};
 use crate::store::{Appended, Store, StoreConfig, StoreError};
+use crate::streams::{Streams, StreamsConfig};
 use crate::transport::{self, FragmentSink, IngestConfig, IngestServer, SinkError};
 use crate::wire::ErrorCode;
 
@@ -28,6 +29,11 @@ const SHUTDOWN_DEADLINE_S: u64 = 10;
 pub enum ServerError {
     #[error("cannot open the store in {path}: {source}")]
     Store { path: PathBuf, source: StoreError },
+    #[error("cannot open the data streams in {path}: {source}")]
+    Streams {
+        path: PathBuf,
+        source: crate::streams::StreamsError,
+    },
     #[error("cannot set up the TLS identity: {0}")]
     Tls(transport::TransportError),
     #[error("cannot listen for agents on {addr} (QUIC): {source}")]
@@ -76,6 +82,17 @@ impl Server {
                 path: settings.data_dir.clone(),
                 source,
             })?;
+        let streams_config = StreamsConfig {
+            throttle: settings.streams_throttle,
+            region: settings.region.clone(),
+            ..StreamsConfig::default()
+        };
+        let streams = Arc::new(Streams::open(&settings.data_dir, streams_config).map_err(
+            |source| ServerError::Streams {
+                path: settings.data_dir.clone(),
+                source,
+            },
+        )?);
         let identity = transport::load_or_create_server_identity(
             &settings.data_dir.join("tls"),
             &settings.server_names,
@@ -119,6 +136,7 @@ impl Server {
             store: store.clone(),
             region: settings.region.clone(),
             data_endpoint: settings.public_endpoint.clone(),
+            streams: Some(streams.clone()),
         });
 
         let (shutdown, _) = watch::channel(false);
@@ -127,6 +145,7 @@ impl Server {
         tasks.spawn(run_http(listener, router, shutdown.subscribe()));
         tasks.spawn(run_retention(
             store.clone(),
+            streams,
             Duration::from_secs(settings.retention_interval_s),
             shutdown.subscribe(),
         ));
@@ -181,7 +200,12 @@ async fn run_http(
     }
 }
 
-async fn run_retention(store: Arc<Store>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+async fn run_retention(
+    store: Arc<Store>,
+    streams: Arc<Streams>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -199,6 +223,20 @@ async fn run_retention(store: Arc<Store>, every: Duration, mut shutdown: watch::
             ),
             Ok(Err(e)) => tracing::error!(error = %e, "retention failed; it will be retried"),
             Err(e) => tracing::error!(error = %e, "retention task failed"),
+        }
+        let streams = streams.clone();
+        match tokio::task::spawn_blocking(move || streams.enforce_retention(UnixMillis::now()))
+            .await
+        {
+            Ok(Ok(0)) => {}
+            Ok(Ok(deleted)) => tracing::info!(
+                segments_deleted = deleted,
+                "retention deleted expired data stream segments"
+            ),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "data stream retention failed; it will be retried")
+            }
+            Err(e) => tracing::error!(error = %e, "data stream retention task failed"),
         }
     }
 }

@@ -1,0 +1,145 @@
+//! The Kinesis Data Streams API (JSON 1.1): `POST /` with `X-Amz-Target:
+//! Kinesis_20131202.<Operation>`, as boto3's `kinesis` client calls it.
+//!
+//! Owns the wire shapes, validation per the botocore model and the mapping from
+//! [`StreamsError`] to AWS error types; the semantics live in [`crate::streams`]. May import
+//! `streams` and `fragment`.
+//!
+//! Behaviour: bodies are capped at [`REQUEST_BODY_BYTES_MAX`] (a 5 MiB PutRecords in base64
+//! with its keys fits); errors are HTTP 400 `{"__type", "message"}` and server faults HTTP 500
+//! `{"__type": "InternalFailure"}`; file work runs on the blocking pool, and a put answers only
+//! after its records are fsynced.
+
+mod ops;
+mod parse;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::Value;
+
+use crate::streams::{Streams, StreamsError};
+
+/// Largest request body in bytes: 5 MiB of data grows by a third in base64, plus keys.
+pub const REQUEST_BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
+const TARGET_HEADER: &str = "x-amz-target";
+const TARGET_PREFIX: &str = "Kinesis_20131202.";
+const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+
+/// An error as the client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KinesisError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl KinesisError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new("InvalidArgumentException", message)
+    }
+
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new("ValidationException", message)
+    }
+
+    pub fn internal() -> Self {
+        Self::new("InternalFailure", "")
+    }
+}
+
+impl From<StreamsError> for KinesisError {
+    /// The one mapping from domain failures to AWS error types.
+    fn from(error: StreamsError) -> Self {
+        let code = match &error {
+            StreamsError::StreamNotFound { .. } | StreamsError::ShardNotFound { .. } => {
+                "ResourceNotFoundException"
+            }
+            StreamsError::StreamExists { .. } => "ResourceInUseException",
+            StreamsError::InvalidArgument(_) => "InvalidArgumentException",
+            StreamsError::LimitExceeded(_) => "LimitExceededException",
+            StreamsError::ExpiredIterator { .. } => "ExpiredIteratorException",
+            StreamsError::Throttled { .. } => "ProvisionedThroughputExceededException",
+            StreamsError::Log(_)
+            | StreamsError::Io { .. }
+            | StreamsError::Corrupt(_)
+            | StreamsError::Poisoned => {
+                tracing::error!(error = %error, "Data streams failed while serving a request.");
+                return Self::internal();
+            }
+        };
+        Self::new(code, error.to_string())
+    }
+}
+
+impl IntoResponse for KinesisError {
+    fn into_response(self) -> Response {
+        let (status, body) = match self.code {
+            "InternalFailure" => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({ "__type": "InternalFailure" }),
+            ),
+            "SerializationException" => (
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "__type": self.code, "Message": self.message }),
+            ),
+            code => (
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "__type": code, "message": self.message }),
+            ),
+        };
+        json_response(status, &body)
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    response
+}
+
+/// The Kinesis route, for merging into the server's router (any outer state).
+pub fn router<S: Clone + Send + Sync + 'static>(streams: Arc<Streams>) -> Router<S> {
+    Router::new()
+        .route("/", post(dispatch))
+        .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .with_state(streams)
+}
+
+async fn dispatch(
+    State(streams): State<Arc<Streams>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let target = headers
+        .get(TARGET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let Some(operation) = target.strip_prefix(TARGET_PREFIX) else {
+        return KinesisError::new("UnknownOperationException", "").into_response();
+    };
+    let result = match parse::Body::parse(&body) {
+        Ok(input) => ops::call(&streams, operation, input).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(value) => json_response(StatusCode::OK, &value),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
