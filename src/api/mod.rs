@@ -19,6 +19,7 @@ mod auth;
 pub mod error;
 pub mod json;
 mod kvs;
+pub mod sigv4;
 
 use std::sync::Arc;
 
@@ -31,11 +32,14 @@ use axum::routing::post;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
+use crate::config::AccessKey;
 use crate::fragment::StreamName;
 use crate::store::{Store, StreamInfo};
 
+pub use auth::{Principal, SIGNED_BODY_BYTES_MAX, SIGNING_SERVICES};
 pub use error::ApiError;
 use json::{Members, StringRule};
+use sigv4::Verifier;
 
 /// Largest request body accepted, in bytes; every Kinesis Video control request is far smaller.
 pub const REQUEST_BODY_BYTES_MAX: usize = 1024 * 1024;
@@ -54,21 +58,29 @@ pub struct ApiState {
     pub region: String,
     /// The URL returned by GetDataEndpoint; when unset, `http://` plus the request's Host.
     pub data_endpoint: Option<String>,
+    /// Access keys requests are signed with (SigV4).
+    pub keys: Vec<AccessKey>,
+    /// Open mode: requests are not verified at all.
+    pub open: bool,
 }
 
 /// The state the handlers share: the configured state plus the server's own bounds.
 #[derive(Debug)]
 struct Shared {
     api: ApiState,
+    verifier: Verifier,
     clip_permits: Semaphore,
 }
 
 type AppState = Arc<Shared>;
 
-/// The Kinesis Video router: `POST /<operation>` per operation, JSON in and out.
+/// The Kinesis Video router: `POST /<operation>` per operation, JSON in and out. Every route
+/// (and every route merged in before the auth layer) is verified by [`auth::authenticate`].
 pub fn router(state: ApiState) -> Router {
+    let verifier = Verifier::new(&state.keys, &state.region, auth::SIGNING_SERVICES);
     let shared = Arc::new(Shared {
         api: state,
+        verifier,
         clip_permits: Semaphore::new(CLIP_REQUESTS_MAX),
     });
     Router::new()
@@ -78,10 +90,17 @@ pub fn router(state: ApiState) -> Router {
         .route("/deleteStream", post(kvs::delete_stream))
         .route("/updateDataRetention", post(kvs::update_data_retention))
         .route("/getDataEndpoint", post(kvs::get_data_endpoint))
+        .route("/updateStream", post(kvs::update_stream))
+        .route("/tagStream", post(kvs::tag_stream))
+        .route("/untagStream", post(kvs::untag_stream))
+        .route("/listTagsForStream", post(kvs::list_tags_for_stream))
         .route("/listFragments", post(archived::list_fragments))
         .route("/getClip", post(archived::get_clip))
         .fallback(unknown_operation)
-        .layer(middleware::from_fn(auth::authenticate))
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            auth::authenticate,
+        ))
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .layer(middleware::from_fn(request_id))
         .with_state(shared)

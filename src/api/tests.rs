@@ -35,6 +35,8 @@ fn harness(data_endpoint: Option<&str>) -> Harness {
         store: store.clone(),
         region: "us-east-1".into(),
         data_endpoint: data_endpoint.map(String::from),
+        keys: Vec::new(),
+        open: true,
     };
     Harness {
         _dir: dir,

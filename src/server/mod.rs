@@ -119,6 +119,8 @@ impl Server {
             store: store.clone(),
             region: settings.region.clone(),
             data_endpoint: settings.public_endpoint.clone(),
+            keys: settings.keys.clone(),
+            open: settings.open,
         });
 
         let (shutdown, _) = watch::channel(false);
