@@ -7,6 +7,11 @@
 //! to AWS codes), and response shapes (`json`). Handlers are thin: they validate, call
 //! [`Store`] or `media`, and shape the reply. May import `store`, `media` and `fragment`.
 //!
+//! Authentication: `auth` runs before every operation and verifies AWS SigV4 (`sigv4`, a pure
+//! core) against the configured keys, for every route and for each service the server offers
+//! (signing names in [`SIGNING_SERVICES`]); open mode skips it. The verified [`Principal`] is a
+//! request extension; a key limited to some streams is refused on any other stream.
+//!
 //! Behaviour: request bodies are capped at [`REQUEST_BODY_BYTES_MAX`]; every response carries
 //! an `x-amzn-RequestId`; storage calls run on the blocking pool because they read files;
 //! clips are built at most [`CLIP_REQUESTS_MAX`] at a time (each may hold about 200 MB), and a
