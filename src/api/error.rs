@@ -27,6 +27,8 @@ pub enum ApiError {
     #[error("{0}")]
     InvalidMediaFrame(String),
     #[error("{0}")]
+    TagsPerResourceExceededLimit(String),
+    #[error("{0}")]
     RequestTooLarge(String),
     #[error("{0}")]
     UnknownOperation(String),
@@ -46,6 +48,7 @@ impl ApiError {
             Self::ClientLimitExceeded(_) => "ClientLimitExceededException",
             Self::NotAuthorized(_) => "NotAuthorizedException",
             Self::InvalidMediaFrame(_) => "InvalidMediaFrameException",
+            Self::TagsPerResourceExceededLimit(_) => "TagsPerResourceExceededLimitException",
             Self::RequestTooLarge(_) => "RequestEntityTooLargeException",
             Self::UnknownOperation(_) => "UnknownOperationException",
             Self::Internal => "InternalFailure",
@@ -62,7 +65,8 @@ impl ApiError {
             | Self::ResourceInUse(_)
             | Self::VersionMismatch(_)
             | Self::ClientLimitExceeded(_)
-            | Self::InvalidMediaFrame(_) => StatusCode::BAD_REQUEST,
+            | Self::InvalidMediaFrame(_)
+            | Self::TagsPerResourceExceededLimit(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -85,6 +89,9 @@ impl From<StoreError> for ApiError {
             e @ StoreError::VersionMismatch { .. } => Self::VersionMismatch(e.to_string()),
             e @ StoreError::InvalidRetention { .. } => Self::InvalidArgument(e.to_string()),
             e @ StoreError::FragmentNotFound { .. } => Self::ResourceNotFound(e.to_string()),
+            e @ StoreError::TagLimitExceeded { .. } => {
+                Self::TagsPerResourceExceededLimit(e.to_string())
+            }
             // I/O, corruption and anything added later are server faults: log, do not leak.
             #[allow(unreachable_patterns)]
             other => {

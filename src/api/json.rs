@@ -1,6 +1,8 @@
 //! Reading request members out of a JSON body with AWS-style validation, and writing the
 //! response shapes. Every message names the member at fault, as AWS does.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value};
 
 use crate::fragment::{StreamName, UnixMillis};
@@ -59,6 +61,11 @@ impl Members {
             )));
         }
         Ok(Some(s.clone()))
+    }
+
+    /// A string member as sent, unvalidated (for checks that leave errors to the handler).
+    pub fn raw_string(&self, member: &str) -> Option<String> {
+        self.get(member).and_then(Value::as_str).map(str::to_owned)
     }
 
     pub fn required_string(&self, member: &str, rule: StringRule) -> Result<String, ApiError> {
@@ -136,6 +143,50 @@ impl Members {
             .map(Some)
     }
 
+    /// A tag map (`ResourceTags`): 1 to `entries_max` entries, keys and values as the model's
+    /// `TagKey` and `TagValue` patterns say.
+    pub fn tags(
+        &self,
+        member: &str,
+        entries_max: usize,
+    ) -> Result<Option<BTreeMap<String, String>>, ApiError> {
+        let Some(pairs) = self.string_map(member, entries_max)? else {
+            return Ok(None);
+        };
+        for (key, value) in &pairs {
+            check_tag_text(member, "key", key, 1, TAG_KEY_CHARS_MAX)?;
+            check_tag_text(member, "value", value, 0, TAG_VALUE_CHARS_MAX)?;
+        }
+        Ok(Some(pairs.into_iter().collect()))
+    }
+
+    /// A list of strings with 1 to `entries_max` entries, each following `rule`.
+    pub fn string_list(
+        &self,
+        member: &str,
+        rule: StringRule,
+        entries_max: usize,
+    ) -> Result<Option<Vec<String>>, ApiError> {
+        let Some(value) = self.get(member) else {
+            return Ok(None);
+        };
+        let Value::Array(items) = value else {
+            return Err(ApiError::invalid(format!("{member} must be a list.")));
+        };
+        if items.is_empty() || items.len() > entries_max {
+            return Err(ApiError::invalid(format!(
+                "{member} must have 1 to {entries_max} entries."
+            )));
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let mut one = Map::new();
+            one.insert(member.to_owned(), item.clone());
+            out.push(Members(one).required_string(member, rule)?);
+        }
+        Ok(Some(out))
+    }
+
     /// An enumeration member: one of `values`.
     pub fn enumeration(
         &self,
@@ -181,6 +232,43 @@ impl Members {
 
 fn missing(member: &str) -> ApiError {
     ApiError::invalid(format!("The required member {member} is missing."))
+}
+
+/// Longest tag key, in characters.
+pub const TAG_KEY_CHARS_MAX: usize = 128;
+/// Longest tag value, in characters.
+pub const TAG_VALUE_CHARS_MAX: usize = 256;
+
+fn check_tag_text(
+    member: &str,
+    what: &str,
+    text: &str,
+    len_min: usize,
+    len_max: usize,
+) -> Result<(), ApiError> {
+    let len = text.chars().count();
+    if len < len_min || len > len_max {
+        return Err(ApiError::invalid(format!(
+            "{member}: a tag {what} must be {len_min} to {len_max} characters long; it is {len}."
+        )));
+    }
+    if !is_tag_text(text) {
+        return Err(ApiError::invalid(format!(
+            "{member}: the tag {what} {text:?} does not match the allowed pattern."
+        )));
+    }
+    Ok(())
+}
+
+/// `[\p{L}\p{Z}\p{N}_.:/=+\-@]*`: tag keys and values (letters, separators, numbers and a few
+/// symbols).
+pub fn is_tag_text(s: &str) -> bool {
+    s.chars().all(|c| {
+        c.is_alphabetic()
+            || c.is_numeric()
+            || (c.is_whitespace() && !c.is_control())
+            || matches!(c, '_' | '.' | ':' | '/' | '=' | '+' | '-' | '@')
+    })
 }
 
 /// `[a-zA-Z0-9_.-]+`: stream and device names.
@@ -344,6 +432,26 @@ mod tests {
         assert!(!is_media_type("video/"));
         assert!(is_token("ab+/="));
         assert!(!is_token("a b"));
+    }
+
+    #[test]
+    fn tags_and_lists_follow_the_model() {
+        let m = members(
+            r#"{"T": {"env": "prod", "k v": "", "ü:1": "a/b@c"}, "Bad": {"a": "x#"}, "L": ["a", "b"], "E": []}"#,
+        );
+        let tags = m.tags("T", 50).expect("valid").expect("present");
+        assert_eq!(tags.get("env").map(String::as_str), Some("prod"));
+        assert!(m.tags("Bad", 50).is_err());
+        assert!(m.tags("T", 2).is_err());
+        let long = members(&format!(r#"{{"T": {{"{}": "v"}}}}"#, "k".repeat(129)));
+        assert!(long.tags("T", 50).is_err());
+        assert!(members(r#"{"T": {"": "v"}}"#).tags("T", 50).is_err());
+        let list = m.string_list("L", VERSION, 50).expect("valid");
+        assert_eq!(list, Some(vec!["a".to_owned(), "b".to_owned()]));
+        assert!(m.string_list("E", VERSION, 50).is_err());
+        assert!(m.string_list("L", VERSION, 1).is_err());
+        assert!(is_tag_text("a b\u{a0}c"));
+        assert!(!is_tag_text("a\tb"));
     }
 
     #[test]

@@ -1,23 +1,34 @@
 //! The Kinesis Video control plane: CreateStream, DescribeStream, ListStreams, DeleteStream,
-//! UpdateDataRetention and GetDataEndpoint.
+//! UpdateStream, UpdateDataRetention, GetDataEndpoint and the tag operations (TagStream,
+//! UntagStream, ListTagsForStream).
+//!
+//! Every handler that resolves a stream checks that the request's [`Principal`] may use it
+//! (the auth layer already refused requests naming other streams; this keeps the rule true for
+//! streams reached another way), and ListStreams shows a restricted key only its streams.
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::{Extension, Json};
 use serde_json::{Value, json};
 
 use crate::fragment::{StreamName, UnixMillis};
-use crate::store::{NewStream, RetentionChange, StreamInfo};
+use crate::store::{NewStream, RetentionChange, Store, StreamInfo, StreamUpdate};
 
 use super::json::{self, Members, StringRule};
-use super::{ApiError, AppState, JsonBody, blocking, resolve_stream, stream_by_arn};
+use super::{ApiError, AppState, JsonBody, Principal, blocking, resolve_stream, stream_by_arn};
 
 /// Longest retention AWS accepts, in hours (ten years).
 pub const RETENTION_HOURS_MAX: i64 = 87_600;
 /// Most streams one ListStreams page returns (also the default page size).
 pub const LIST_STREAMS_RESULTS_MAX: i64 = 10_000;
-/// Most tags on a stream.
-pub const TAGS_MAX: usize = 50;
+/// Most tags on a stream, and most tags or tag keys in one request.
+pub const TAGS_MAX: usize = crate::store::TAGS_MAX;
+/// `TagKey`: 1 to 128 characters of the tag pattern.
+const TAG_KEY: StringRule = StringRule {
+    len_min: 1,
+    len_max: json::TAG_KEY_CHARS_MAX,
+    allowed: json::is_tag_text,
+};
 
 const DEVICE_NAME: StringRule = StringRule {
     len_min: 1,
@@ -63,9 +74,11 @@ const API_NAMES: &[&str] = &[
 
 pub async fn create_stream(
     State(s): State<AppState>,
+    Extension(principal): Extension<Principal>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let new = parse_create_stream(&body)?;
+    authorize_name(&principal, &new.name)?;
     let store = s.api.store.clone();
     let info = blocking(move || Ok(store.create_stream(new, UnixMillis::now())?)).await?;
     tracing::info!(stream = %info.name, "Created a stream.");
@@ -77,9 +90,8 @@ fn parse_create_stream(body: &Members) -> Result<NewStream, ApiError> {
         .stream_name("StreamName")?
         .ok_or_else(|| ApiError::invalid("The required member StreamName is missing."))?;
     let retention = body.integer("DataRetentionInHours", 0, RETENTION_HOURS_MAX)?;
-    // Tags are validated for shape so clients get AWS's errors; the store keeps no tags yet.
-    body.string_map("Tags", TAGS_MAX)?;
     Ok(NewStream {
+        tags: body.tags("Tags", TAGS_MAX)?.unwrap_or_default(),
         name,
         device_name: body.string("DeviceName", DEVICE_NAME)?,
         media_type: body.string("MediaType", MEDIA_TYPE)?,
@@ -90,10 +102,11 @@ fn parse_create_stream(body: &Members) -> Result<NewStream, ApiError> {
 
 pub async fn describe_stream(
     State(s): State<AppState>,
+    Extension(principal): Extension<Principal>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let store = s.api.store.clone();
-    let info = blocking(move || resolve_stream(&store, &body)).await?;
+    let info = blocking(move || resolve_authorized(&store, &principal, &body)).await?;
     Ok(Json(json!({ "StreamInfo": json::stream_info(&info) })))
 }
 
@@ -108,11 +121,13 @@ struct ListStreams {
 
 pub async fn list_streams(
     State(s): State<AppState>,
+    Extension(principal): Extension<Principal>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let request = parse_list_streams(&body)?;
     let store = s.api.store.clone();
-    let streams = blocking(move || Ok(store.list_streams())).await?;
+    let mut streams = blocking(move || Ok(store.list_streams())).await?;
+    streams.retain(|info| principal.may_use(&info.name));
     let (page, next) = page_streams(&streams, &request);
     let mut out =
         json!({ "StreamInfoList": page.iter().map(|i| json::stream_info(i)).collect::<Vec<_>>() });
@@ -179,6 +194,7 @@ fn page_streams<'a>(
 
 pub async fn delete_stream(
     State(s): State<AppState>,
+    Extension(principal): Extension<Principal>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let arn = body.required_string("StreamARN", STREAM_ARN)?;
@@ -186,6 +202,7 @@ pub async fn delete_stream(
     let store = s.api.store.clone();
     let name = blocking(move || {
         let info = stream_by_arn(&store, &arn)?;
+        authorize_name(&principal, &info.name)?;
         store.delete_stream(&info.name, version.as_deref())?;
         Ok(info.name)
     })
@@ -196,13 +213,14 @@ pub async fn delete_stream(
 
 pub async fn update_data_retention(
     State(s): State<AppState>,
+    Extension(principal): Extension<Principal>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let version = body.required_string("CurrentVersion", VERSION)?;
     let change = parse_retention_change(&body)?;
     let store = s.api.store.clone();
     let info = blocking(move || {
-        let info = resolve_stream(&store, &body)?;
+        let info = resolve_authorized(&store, &principal, &body)?;
         Ok(store.update_retention(&info.name, &version, change, UnixMillis::now())?)
     })
     .await?;
@@ -230,17 +248,106 @@ fn parse_retention_change(body: &Members) -> Result<RetentionChange, ApiError> {
 
 pub async fn get_data_endpoint(
     State(s): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     body.required_enumeration("APIName", API_NAMES)?;
     let store = s.api.store.clone();
-    blocking(move || resolve_stream(&store, &body)).await?;
+    blocking(move || resolve_authorized(&store, &principal, &body)).await?;
     let endpoint = match &s.api.data_endpoint {
         Some(endpoint) => endpoint.clone(),
         None => format!("http://{}", request_host(&headers)?),
     };
     Ok(Json(json!({ "DataEndpoint": endpoint })))
+}
+
+pub async fn update_stream(
+    State(s): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let version = body.required_string("CurrentVersion", VERSION)?;
+    let update = StreamUpdate {
+        device_name: body.string("DeviceName", DEVICE_NAME)?,
+        media_type: body.string("MediaType", MEDIA_TYPE)?,
+    };
+    let store = s.api.store.clone();
+    let info = blocking(move || {
+        let info = resolve_authorized(&store, &principal, &body)?;
+        Ok(store.update_stream(&info.name, &version, update)?)
+    })
+    .await?;
+    tracing::info!(stream = %info.name, version = %info.version, "Updated a stream.");
+    Ok(Json(json!({})))
+}
+
+pub async fn tag_stream(
+    State(s): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let tags = body
+        .tags("Tags", TAGS_MAX)?
+        .ok_or_else(|| ApiError::invalid("The required member Tags is missing."))?;
+    let store = s.api.store.clone();
+    blocking(move || {
+        let info = resolve_authorized(&store, &principal, &body)?;
+        Ok(store.tag_stream(&info.name, tags)?)
+    })
+    .await?;
+    Ok(Json(json!({})))
+}
+
+pub async fn untag_stream(
+    State(s): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let keys = body
+        .string_list("TagKeyList", TAG_KEY, TAGS_MAX)?
+        .ok_or_else(|| ApiError::invalid("The required member TagKeyList is missing."))?;
+    let store = s.api.store.clone();
+    blocking(move || {
+        let info = resolve_authorized(&store, &principal, &body)?;
+        Ok(store.untag_stream(&info.name, &keys)?)
+    })
+    .await?;
+    Ok(Json(json!({})))
+}
+
+/// All tags fit in one page (at most [`TAGS_MAX`]), so no NextToken is ever returned; a token
+/// sent back is checked for shape only.
+pub async fn list_tags_for_stream(
+    State(s): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    body.string("NextToken", NEXT_TOKEN)?;
+    let store = s.api.store.clone();
+    let info = blocking(move || resolve_authorized(&store, &principal, &body)).await?;
+    Ok(Json(json!({ "Tags": info.tags })))
+}
+
+/// The stream the request names, if the principal may use it.
+fn resolve_authorized(
+    store: &Store,
+    principal: &Principal,
+    body: &Members,
+) -> Result<StreamInfo, ApiError> {
+    let info = resolve_stream(store, body)?;
+    authorize_name(principal, &info.name)?;
+    Ok(info)
+}
+
+fn authorize_name(principal: &Principal, name: &StreamName) -> Result<(), ApiError> {
+    if principal.may_use(name) {
+        return Ok(());
+    }
+    Err(ApiError::NotAuthorized(format!(
+        "The access key {} is not authorized to use the stream {name}.",
+        principal.access_key_id
+    )))
 }
 
 /// The Host header, checked to be a plain `host[:port]` so it is safe to hand back as a URL.
@@ -281,6 +388,7 @@ mod tests {
             status: StreamStatus::Active,
             creation_time: UnixMillis(1),
             data_retention_hours: 0,
+            tags: Default::default(),
         }
     }
 

@@ -7,6 +7,11 @@
 //! to AWS codes), and response shapes (`json`). Handlers are thin: they validate, call
 //! [`Store`] or `media`, and shape the reply. May import `store`, `media` and `fragment`.
 //!
+//! Authentication: `auth` runs before every operation and verifies AWS SigV4 (`sigv4`, a pure
+//! core) against the configured keys, for every route and for each service the server offers
+//! (signing names in [`SIGNING_SERVICES`]); open mode skips it. The verified [`Principal`] is a
+//! request extension; a key limited to some streams is refused on any other stream.
+//!
 //! Behaviour: request bodies are capped at [`REQUEST_BODY_BYTES_MAX`]; every response carries
 //! an `x-amzn-RequestId`; storage calls run on the blocking pool because they read files;
 //! clips are built at most [`CLIP_REQUESTS_MAX`] at a time (each may hold about 200 MB), and a
@@ -20,6 +25,7 @@ pub mod error;
 pub mod json;
 pub mod kinesis;
 mod kvs;
+pub mod sigv4;
 
 use std::sync::Arc;
 
@@ -32,11 +38,14 @@ use axum::routing::post;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
+use crate::config::AccessKey;
 use crate::fragment::StreamName;
 use crate::store::{Store, StreamInfo};
 
+pub use auth::{Principal, SIGNED_BODY_BYTES_MAX, SIGNING_SERVICES};
 pub use error::ApiError;
 use json::{Members, StringRule};
+use sigv4::Verifier;
 
 /// Largest request body accepted, in bytes; every Kinesis Video control request is far smaller.
 pub const REQUEST_BODY_BYTES_MAX: usize = 1024 * 1024;
@@ -57,22 +66,30 @@ pub struct ApiState {
     pub data_endpoint: Option<String>,
     /// Data streams, served at `POST /` (Kinesis Data Streams); absent when not wired.
     pub streams: Option<Arc<crate::streams::Streams>>,
+    /// Access keys requests are signed with (SigV4).
+    pub keys: Vec<AccessKey>,
+    /// Open mode: requests are not verified at all.
+    pub open: bool,
 }
 
 /// The state the handlers share: the configured state plus the server's own bounds.
 #[derive(Debug)]
 struct Shared {
     api: ApiState,
+    verifier: Verifier,
     clip_permits: Semaphore,
 }
 
 type AppState = Arc<Shared>;
 
-/// The Kinesis Video router: `POST /<operation>` per operation, JSON in and out.
+/// The Kinesis Video router: `POST /<operation>` per operation, JSON in and out. Every route
+/// (and every route merged in before the auth layer) is verified by [`auth::authenticate`].
 pub fn router(state: ApiState) -> Router {
     let kinesis = state.streams.clone().map(kinesis::router);
+    let verifier = Verifier::new(&state.keys, &state.region, auth::SIGNING_SERVICES);
     let shared = Arc::new(Shared {
         api: state,
+        verifier,
         clip_permits: Semaphore::new(CLIP_REQUESTS_MAX),
     });
     Router::new()
@@ -82,11 +99,18 @@ pub fn router(state: ApiState) -> Router {
         .route("/deleteStream", post(kvs::delete_stream))
         .route("/updateDataRetention", post(kvs::update_data_retention))
         .route("/getDataEndpoint", post(kvs::get_data_endpoint))
+        .route("/updateStream", post(kvs::update_stream))
+        .route("/tagStream", post(kvs::tag_stream))
+        .route("/untagStream", post(kvs::untag_stream))
+        .route("/listTagsForStream", post(kvs::list_tags_for_stream))
         .route("/listFragments", post(archived::list_fragments))
         .route("/getClip", post(archived::get_clip))
         .merge(kinesis.unwrap_or_default())
         .fallback(unknown_operation)
-        .layer(middleware::from_fn(auth::authenticate))
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            auth::authenticate,
+        ))
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .layer(middleware::from_fn(request_id))
         .with_state(shared)

@@ -36,6 +36,8 @@ fn harness(data_endpoint: Option<&str>) -> Harness {
         region: "us-east-1".into(),
         data_endpoint: data_endpoint.map(String::from),
         streams: None,
+        keys: Vec::new(),
+        open: true,
     };
     Harness {
         _dir: dir,

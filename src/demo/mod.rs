@@ -158,6 +158,8 @@ async fn start_server(data_dir: &Path) -> Result<Server, DemoError> {
         ..ServerConfig::default()
     };
     config.storage.create_streams_on_first_use = true;
+    // A loopback demo with no keys configured: the AWS CLI examples work with any credentials.
+    config.auth.open = true;
     config.quic.listen = "127.0.0.1:0".to_owned();
     // The usual port when it is free, so the AWS CLI examples in the README work as written.
     config.http.listen = "127.0.0.1:7070".to_owned();

@@ -137,6 +137,8 @@ impl Server {
             region: settings.region.clone(),
             data_endpoint: settings.public_endpoint.clone(),
             streams: Some(streams.clone()),
+            keys: settings.keys.clone(),
+            open: settings.open,
         });
 
         let (shutdown, _) = watch::channel(false);

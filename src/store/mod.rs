@@ -27,6 +27,7 @@ mod number;
 mod record;
 mod stream;
 mod types;
+mod update;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -40,7 +41,7 @@ pub use number::{FRAGMENT_NUMBER_DIGITS, FragmentNumber, FragmentNumberError};
 pub use record::RECORD_HEADER_BYTES;
 pub use types::{
     Appended, FragmentSummary, NewStream, RETENTION_HOURS_MAX, RetentionChange, StoreConfig,
-    StoreError, StreamInfo, StreamStatus, TimestampKind,
+    StoreError, StreamInfo, StreamStatus, StreamUpdate, TAGS_MAX, TimestampKind,
 };
 
 use crate::fragment::{Fragment, StreamName, UnixMillis};
@@ -154,6 +155,7 @@ impl Store {
             .data_retention_hours
             .unwrap_or(self.config.default_retention_hours);
         validate_retention(retention)?;
+        update::check_tag_count(&new.name, new.tags.len())?;
         let mut streams = self.write_streams();
         if streams.contains_key(&new.name) {
             return Err(StoreError::StreamExists(new.name));
@@ -171,6 +173,7 @@ impl Store {
             status: StreamStatus::Active,
             creation_time: now,
             data_retention_hours: retention,
+            tags: new.tags,
         };
         let stream = self.create_on_disk(&info)?;
         streams.insert(info.name.clone(), stream);

@@ -1,5 +1,6 @@
 //! Public vocabulary of the store: configuration, stream descriptions, results and errors.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -66,6 +67,19 @@ pub struct StreamInfo {
     pub creation_time: UnixMillis,
     /// 0 keeps no data beyond the active segment (as Kinesis Video's 0), else 1..=87,600.
     pub data_retention_hours: u32,
+    /// At most [`TAGS_MAX`] user tags; absent from files written before tags existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Most tags on one stream (the Kinesis Video limit).
+pub const TAGS_MAX: usize = 50;
+
+/// Metadata an UpdateStream changes; `None` leaves a member as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamUpdate {
+    pub device_name: Option<String>,
+    pub media_type: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +89,7 @@ pub struct NewStream {
     pub media_type: Option<String>,
     pub kms_key_id: Option<String>,
     pub data_retention_hours: Option<u32>,
+    pub tags: BTreeMap<String, String>,
 }
 
 impl NewStream {
@@ -86,6 +101,7 @@ impl NewStream {
             media_type: None,
             kms_key_id: None,
             data_retention_hours: None,
+            tags: BTreeMap::new(),
         }
     }
 }
@@ -154,6 +170,12 @@ pub enum StoreError {
     FragmentExpired { id: FragmentId },
     #[error("fragment of {bytes} bytes exceeds the limit of {limit} bytes")]
     FragmentTooLarge { bytes: usize, limit: u32 },
+    #[error("stream {stream} would have {tags} tags; the limit is {limit}")]
+    TagLimitExceeded {
+        stream: StreamName,
+        tags: usize,
+        limit: usize,
+    },
     #[error("the store holds {limit} streams, its limit")]
     StreamLimitExceeded { limit: usize },
     #[error("epoch {epoch} of stream {stream} has too many gaps in its sequences")]

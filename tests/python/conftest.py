@@ -108,3 +108,56 @@ def archived(server):
 @pytest.fixture(scope="session")
 def assets():
     return assets_dir()
+
+
+# Keys of the `signed_server`: one for every stream, one restricted to a single stream.
+SIGNED_KEY_ID = "AKIDHYDRANTTEST"
+SIGNED_SECRET = "hydrant/test+Secret0123456789abcdefghij"
+LIMITED_KEY_ID = "AKIDHYDRANTLIMITED"
+LIMITED_SECRET = "limited/Secret0123456789abcdefghijklmn"
+LIMITED_STREAM = "limited-a"
+
+SIGNED_CONFIG = f"""
+region = "us-east-1"
+
+[auth]
+open = false
+
+[[auth.keys]]
+access_key_id = "{SIGNED_KEY_ID}"
+secret_access_key = "{SIGNED_SECRET}"
+
+[[auth.keys]]
+access_key_id = "{LIMITED_KEY_ID}"
+secret_access_key = "{LIMITED_SECRET}"
+streams = ["{LIMITED_STREAM}"]
+"""
+
+
+class SignedServer(Server):
+    """A server that verifies SigV4 against the keys above (no `--open`)."""
+
+    def client_with(self, service, key_id, secret):
+        from botocore.config import Config
+
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret,
+            config=Config(retries={"max_attempts": 1}),
+        )
+
+    def client(self, service):
+        return self.client_with(service, SIGNED_KEY_ID, SIGNED_SECRET)
+
+
+@pytest.fixture(scope="session")
+def signed_server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("signed-server")
+    config = base / "server.toml"
+    config.write_text(SIGNED_CONFIG)
+    s = SignedServer(base, extra_args=["--config", str(config)])
+    yield s
+    s.stop()
