@@ -79,7 +79,9 @@ impl SpoolConfig {
         LogConfig {
             segment_bytes_max: (self.bytes_max / SEGMENTS_PER_SPOOL_MIN)
                 .clamp(SEGMENT_BYTES_MIN, SEGMENT_BYTES_MAX),
-            record_bytes_max: self.fragment_bytes_max.saturating_add(RECORD_HEAD_BYTES_MAX),
+            record_bytes_max: self
+                .fragment_bytes_max
+                .saturating_add(RECORD_HEAD_BYTES_MAX),
         }
     }
 }
@@ -204,10 +206,11 @@ impl Spool {
             return Err(SpoolError::BadConfig("bytes_max must be at least 256 KiB"));
         }
         let mut replay = Replay::default();
-        let (log, recovery) = RecordLog::open_scanning(&config.dir, config.log_config(), |pos, b| {
-            replay.record(pos, b);
-            Ok::<(), LogError>(())
-        })?;
+        let (log, recovery) =
+            RecordLog::open_scanning(&config.dir, config.log_config(), |pos, b| {
+                replay.record(pos, b);
+                Ok::<(), LogError>(())
+            })?;
         if recovery.bytes_truncated > 0 || replay.unreadable > 0 {
             tracing::warn!(dir = %config.dir.display(), truncated = recovery.bytes_truncated, damage = ?recovery.damage, unreadable = replay.unreadable, "Recovered the spool after damage.");
         }
@@ -241,7 +244,11 @@ impl Spool {
 
     /// Appends `fragment` and fsyncs it, after deleting expired footage and making room as
     /// the full policy says.
-    pub fn append(&mut self, fragment: &Fragment, now: UnixMillis) -> Result<Admission, SpoolError> {
+    pub fn append(
+        &mut self,
+        fragment: &Fragment,
+        now: UnixMillis,
+    ) -> Result<Admission, SpoolError> {
         if self.by_id.contains_key(&fragment.meta.id) {
             return Ok(Admission::AlreadySpooled);
         }
@@ -363,8 +370,14 @@ impl Spool {
         let mut lost = 0u64;
         for &id in ids {
             self.newest.remove(&id);
-            let start = RecordPos { segment: id, offset: 0 };
-            let end = RecordPos { segment: id + 1, offset: 0 };
+            let start = RecordPos {
+                segment: id,
+                offset: 0,
+            };
+            let end = RecordPos {
+                segment: id + 1,
+                offset: 0,
+            };
             let gone: Vec<RecordPos> = self.unreleased.range(start..end).map(|(p, _)| *p).collect();
             for pos in gone {
                 if let Some(entry) = self.unreleased.remove(&pos) {

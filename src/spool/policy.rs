@@ -9,8 +9,10 @@
 use crate::fragment::UnixMillis;
 use crate::record_log::retention::{SegmentAge, expired_segments};
 
-/// What to do when a new fragment does not fit within `spool_bytes_max`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What to do when a new fragment does not fit within `spool_bytes_max`. In config files:
+/// `"drop-oldest"` or `"refuse-new"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum FullPolicy {
     /// Delete the oldest whole segments, even with unreleased footage in them.
     #[default]
@@ -119,42 +121,107 @@ mod tests {
 
     #[test]
     fn only_a_released_prefix_is_reclaimed() {
-        let segments = [seg(0, 10, 0, 1), seg(1, 10, 2, 1), seg(2, 10, 0, 1), active(3, 5)];
+        let segments = [
+            seg(0, 10, 0, 1),
+            seg(1, 10, 2, 1),
+            seg(2, 10, 0, 1),
+            active(3, 5),
+        ];
         assert_eq!(reclaimable(&segments), vec![0]);
         let all_released = [seg(1, 10, 0, 1), seg(0, 10, 0, 1), active(2, 5)];
-        assert_eq!(reclaimable(&all_released), vec![0, 1], "input order does not matter");
+        assert_eq!(
+            reclaimable(&all_released),
+            vec![0, 1],
+            "input order does not matter"
+        );
         let mut idle_active = active(0, 100);
         idle_active.unreleased = 0;
-        assert_eq!(reclaimable(&[idle_active]), Vec::<u64>::new(), "never the active one");
+        assert_eq!(
+            reclaimable(&[idle_active]),
+            Vec::<u64>::new(),
+            "never the active one"
+        );
     }
 
     #[test]
     fn room_under_each_policy() {
-        let segments = [seg(0, 40, 1, 1), seg(1, 40, 0, 1), seg(2, 40, 3, 1), active(3, 10)];
+        let segments = [
+            seg(0, 40, 1, 1),
+            seg(1, 40, 0, 1),
+            seg(2, 40, 3, 1),
+            active(3, 10),
+        ];
         // 130 held; 20 more fits in 150 without touching anything.
         let fits = make_room(&segments, 20, 150, FullPolicy::DropOldest);
-        assert_eq!(fits, RoomDecision { remove: vec![], admit: true });
+        assert_eq!(
+            fits,
+            RoomDecision {
+                remove: vec![],
+                admit: true
+            }
+        );
 
         // 30 more needs 10 bytes: the oldest segment goes, though it is unreleased.
         let drop = make_room(&segments, 30, 150, FullPolicy::DropOldest);
-        assert_eq!(drop, RoomDecision { remove: vec![0], admit: true });
+        assert_eq!(
+            drop,
+            RoomDecision {
+                remove: vec![0],
+                admit: true
+            }
+        );
         let refuse = make_room(&segments, 30, 150, FullPolicy::RefuseNew);
-        assert_eq!(refuse, RoomDecision { remove: vec![], admit: false });
+        assert_eq!(
+            refuse,
+            RoomDecision {
+                remove: vec![],
+                admit: false
+            }
+        );
 
         // Needing 90 bytes: drop-oldest takes three segments and never the active one.
         let deep = make_room(&segments, 110, 150, FullPolicy::DropOldest);
-        assert_eq!(deep, RoomDecision { remove: vec![0, 1, 2], admit: true });
+        assert_eq!(
+            deep,
+            RoomDecision {
+                remove: vec![0, 1, 2],
+                admit: true
+            }
+        );
         let too_big = make_room(&segments, 150, 150, FullPolicy::DropOldest);
-        assert_eq!(too_big, RoomDecision { remove: vec![0, 1, 2], admit: false });
+        assert_eq!(
+            too_big,
+            RoomDecision {
+                remove: vec![0, 1, 2],
+                admit: false
+            }
+        );
     }
 
     #[test]
     fn refuse_new_still_reclaims_released_segments() {
-        let segments = [seg(0, 40, 0, 1), seg(1, 40, 0, 1), seg(2, 40, 1, 1), active(3, 10)];
+        let segments = [
+            seg(0, 40, 0, 1),
+            seg(1, 40, 0, 1),
+            seg(2, 40, 1, 1),
+            active(3, 10),
+        ];
         let decision = make_room(&segments, 30, 100, FullPolicy::RefuseNew);
-        assert_eq!(decision, RoomDecision { remove: vec![0, 1], admit: true });
+        assert_eq!(
+            decision,
+            RoomDecision {
+                remove: vec![0, 1],
+                admit: true
+            }
+        );
         let refused = make_room(&segments, 70, 100, FullPolicy::RefuseNew);
-        assert_eq!(refused, RoomDecision { remove: vec![0, 1], admit: false });
+        assert_eq!(
+            refused,
+            RoomDecision {
+                remove: vec![0, 1],
+                admit: false
+            }
+        );
     }
 
     #[test]

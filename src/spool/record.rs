@@ -67,9 +67,7 @@ pub fn decode(bytes: &[u8]) -> Option<SpoolRecord> {
 }
 
 fn decode_fragment(bytes: &[u8]) -> Option<Fragment> {
-    let name_len = usize::from(u16::from_le_bytes(
-        bytes.get(29..31)?.try_into().ok()?,
-    ));
+    let name_len = usize::from(u16::from_le_bytes(bytes.get(29..31)?.try_into().ok()?));
     let name_end = FRAGMENT_HEAD_BYTES.checked_add(name_len)?;
     let name = std::str::from_utf8(bytes.get(FRAGMENT_HEAD_BYTES..name_end)?).ok()?;
     let stream = StreamName::new(name).ok()?;
@@ -110,14 +108,20 @@ mod tests {
             payload: Bytes::from_static(b"gop bytes"),
         };
         let encoded = encode_fragment(&fragment);
-        assert_eq!(encoded.len(), fragment_head_bytes(&fragment.meta.id.stream) + 9);
+        assert_eq!(
+            encoded.len(),
+            fragment_head_bytes(&fragment.meta.id.stream) + 9
+        );
         assert_eq!(decode(&encoded), Some(SpoolRecord::Fragment(fragment)));
 
         let pos = RecordPos {
             segment: 3,
             offset: 99,
         };
-        assert_eq!(decode(&encode_released(pos)), Some(SpoolRecord::Released(pos)));
+        assert_eq!(
+            decode(&encode_released(pos)),
+            Some(SpoolRecord::Released(pos))
+        );
 
         assert_eq!(decode(&[]), None);
         assert_eq!(decode(&[9, 1, 2]), None);

@@ -48,7 +48,11 @@ fn now_for(sequence: u64) -> UnixMillis {
 
 fn fill(spool: &mut Spool, range: std::ops::Range<u64>) -> Vec<Admission> {
     range
-        .map(|seq| spool.append(&fragment(1, seq), now_for(seq)).expect("append"))
+        .map(|seq| {
+            spool
+                .append(&fragment(1, seq), now_for(seq))
+                .expect("append")
+        })
         .collect()
 }
 
@@ -70,11 +74,18 @@ fn unreleased_fragments_survive_reopen_and_released_ones_never_come_back() {
     for seq in [0, 1, 2, 5, 9] {
         assert!(spool.release(&fragment(1, seq).meta.id).expect("release"));
     }
-    assert!(!spool.release(&fragment(1, 5).meta.id).expect("twice"), "released once only");
+    assert!(
+        !spool.release(&fragment(1, 5).meta.id).expect("twice"),
+        "released once only"
+    );
     drop(spool);
 
     let spool = Spool::open(cfg).expect("reopen");
-    assert_eq!(sequences(&spool), vec![3, 4, 6, 7, 8], "oldest first, released ones gone");
+    assert_eq!(
+        sequences(&spool),
+        vec![3, 4, 6, 7, 8],
+        "oldest first, released ones gone"
+    );
     assert_eq!(spool.stats().recovered_fragments, 5);
     let first = &spool.unreleased()[0];
     let read = spool.reader().read(first.pos).expect("read");
@@ -114,13 +125,17 @@ fn a_torn_tail_and_garbage_are_cut_and_everything_synced_is_kept() {
         "appends continue right after the last intact record"
     );
     drop(spool);
-    assert_eq!(sequences(&Spool::open(cfg).expect("reopen")), vec![0, 1, 2, 3, 4]);
+    assert_eq!(
+        sequences(&Spool::open(cfg).expect("reopen")),
+        vec![0, 1, 2, 3, 4]
+    );
 }
 
 #[test]
 fn an_identity_is_spooled_once() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut spool = Spool::open(config(dir.path(), 64 << 20, FullPolicy::DropOldest)).expect("open");
+    let mut spool =
+        Spool::open(config(dir.path(), 64 << 20, FullPolicy::DropOldest)).expect("open");
     assert!(matches!(fill(&mut spool, 0..1)[0], Admission::Spooled(_)));
     assert_eq!(fill(&mut spool, 0..1)[0], Admission::AlreadySpooled);
     assert_eq!(spool.stats().fragments_spooled, 1);
@@ -131,30 +146,60 @@ fn drop_oldest_deletes_whole_old_segments_and_counts_the_loss() {
     let dir = tempfile::tempdir().expect("temp dir");
     // 2 MiB of spool in 256 KiB segments: two 100 KiB fragments per segment.
     let bytes_max = 2 * 1024 * 1024;
-    let mut spool = Spool::open(config(dir.path(), bytes_max, FullPolicy::DropOldest)).expect("open");
+    let mut spool =
+        Spool::open(config(dir.path(), bytes_max, FullPolicy::DropOldest)).expect("open");
     let admissions = fill(&mut spool, 0..40);
-    assert!(admissions.iter().all(|a| matches!(a, Admission::Spooled(_))), "nothing refused");
+    assert!(
+        admissions
+            .iter()
+            .all(|a| matches!(a, Admission::Spooled(_))),
+        "nothing refused"
+    );
     let stats = spool.stats();
-    assert!(stats.disk_bytes <= bytes_max, "bounded: {} bytes", stats.disk_bytes);
+    assert!(
+        stats.disk_bytes <= bytes_max,
+        "bounded: {} bytes",
+        stats.disk_bytes
+    );
     assert!(stats.fragments_dropped > 0);
-    assert_eq!(stats.fragments_dropped + stats.unreleased_fragments, 40, "every loss counted");
+    assert_eq!(
+        stats.fragments_dropped + stats.unreleased_fragments,
+        40,
+        "every loss counted"
+    );
     let kept = sequences(&spool);
     let first_kept = kept[0];
-    assert_eq!(kept, (first_kept..40).collect::<Vec<_>>(), "the newest footage is kept, in order");
+    assert_eq!(
+        kept,
+        (first_kept..40).collect::<Vec<_>>(),
+        "the newest footage is kept, in order"
+    );
 }
 
 #[test]
 fn refuse_new_keeps_the_old_footage_and_capture_goes_on() {
     let dir = tempfile::tempdir().expect("temp dir");
     let bytes_max = 2 * 1024 * 1024;
-    let mut spool = Spool::open(config(dir.path(), bytes_max, FullPolicy::RefuseNew)).expect("open");
+    let mut spool =
+        Spool::open(config(dir.path(), bytes_max, FullPolicy::RefuseNew)).expect("open");
     let admissions = fill(&mut spool, 0..40);
-    let spooled = admissions.iter().filter(|a| matches!(a, Admission::Spooled(_))).count() as u64;
+    let spooled = admissions
+        .iter()
+        .filter(|a| matches!(a, Admission::Spooled(_)))
+        .count() as u64;
     let stats = spool.stats();
-    assert!(stats.disk_bytes <= bytes_max, "bounded: {} bytes", stats.disk_bytes);
+    assert!(
+        stats.disk_bytes <= bytes_max,
+        "bounded: {} bytes",
+        stats.disk_bytes
+    );
     assert_eq!(stats.fragments_dropped, 0);
     assert_eq!(stats.fragments_refused, 40 - spooled);
-    assert_eq!(sequences(&spool), (0..spooled).collect::<Vec<_>>(), "the oldest are kept");
+    assert_eq!(
+        sequences(&spool),
+        (0..spooled).collect::<Vec<_>>(),
+        "the oldest are kept"
+    );
 
     // Once the server persists the old footage, its segments go and new fragments fit again.
     for seq in 0..spooled {
@@ -174,7 +219,11 @@ fn old_footage_expires_by_producer_time() {
     cfg.age_max_ms = 30_000;
     let mut spool = Spool::open(cfg).expect("open");
     fill(&mut spool, 0..30);
-    assert_eq!(spool.stats().fragments_expired, 0, "nothing is 30 s old while it is captured");
+    assert_eq!(
+        spool.stats().fragments_expired,
+        0,
+        "nothing is 30 s old while it is captured"
+    );
     // An hour later every sealed segment is too old; the active one stays until it rolls.
     spool.expire(now_for(3_600)).expect("expire");
     let stats = spool.stats();
@@ -194,8 +243,14 @@ fn released_segments_are_deleted_and_their_space_comes_back() {
     }
     let after = spool.stats();
     assert!(after.segments_removed >= 4, "{after:?}");
-    assert!(after.disk_bytes < full / 3, "{} of {full} bytes left", after.disk_bytes);
-    let files = std::fs::read_dir(dir.path().join(SPOOL_DIR_NAME)).expect("dir").count();
+    assert!(
+        after.disk_bytes < full / 3,
+        "{} of {full} bytes left",
+        after.disk_bytes
+    );
+    let files = std::fs::read_dir(dir.path().join(SPOOL_DIR_NAME))
+        .expect("dir")
+        .count();
     assert_eq!(files, 1, "only the active segment is left on disk");
 }
 
