@@ -369,7 +369,7 @@ pub struct AgentConfig {
     pub ca: Option<PathBuf>,
     /// Development mode: trust the first server certificate seen and pin it. Labelled in logs.
     pub trust_first_certificate: bool,
-    /// Where the agent keeps its state (session epochs, the pinned certificate).
+    /// Where the agent keeps its state (session epochs, the pinned certificate, the spool).
     pub spool_dir: PathBuf,
     /// A name for this agent in the server's logs.
     pub agent_name: String,
