@@ -13,6 +13,7 @@ pub mod fragment;
 pub mod media;
 pub mod record_log;
 pub mod server;
+pub mod spool;
 pub mod store;
 pub mod streams;
 pub mod transport;

@@ -218,6 +218,18 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         "hydrant agent: {} fragment(s) persisted ({} already stored), {} refused, {} stream(s) refused",
         report.persisted, report.already_stored, report.refused, report.streams_refused
     );
+    let spool = &report.spool;
+    println!(
+        "hydrant agent spool: {} recovered, {} spooled, {} released, {} dropped, {} expired, {} refused, {} unreleased; {:.4} bytes written per payload byte",
+        spool.recovered_fragments,
+        spool.fragments_spooled,
+        spool.fragments_released,
+        spool.fragments_dropped,
+        spool.fragments_expired,
+        spool.fragments_refused,
+        spool.unreleased_fragments,
+        spool.write_amplification()
+    );
     Ok(if report.all_persisted() {
         ExitCode::SUCCESS
     } else {

@@ -240,6 +240,15 @@ impl AgentProcess {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM: the agent stops capturing, flushes and exits (collect it with `wait`).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "SIGTERM to the agent failed");
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

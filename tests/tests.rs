@@ -3,4 +3,5 @@
 
 mod harness;
 mod oracle;
+mod spool;
 mod video_path;

@@ -7,11 +7,20 @@
 //! already stored; a live source starts a new epoch on each start. Fragments flow from capture
 //! through a bounded channel into the uplink, which keeps every fragment until the server says it
 //! is persisted; when the uplink is full the channel fills and capture waits (backpressure).
+//!
+//! Fragments of live sources also go through the durable spool (`spool`): each is appended and
+//! fsynced before it is handed to the uplink, and released when the server says PERSISTED (or
+//! refuses it for good). At start, whatever an earlier run spooled and never saw persisted is
+//! sent first, oldest first, by the backlog uplinks (`backlog`), under its original identity,
+//! while new capture goes on. File sources are not spooled: the file itself is the durable
+//! copy, and a restarted replay yields the same identities.
 //! This module holds no protocol logic (that is `wire`) and no media logic (that is `capture`).
 
+mod backlog;
 mod session;
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -21,6 +30,7 @@ use crate::capture::{
 };
 use crate::config::{AgentSettings, CameraSettings};
 use crate::fragment::{Fragment, FragmentId, FragmentMeta, StreamName, UnixMillis};
+use crate::spool::{Admission, Spool, SpoolConfig, SpoolError, SpoolStats};
 use crate::transport::{self, ServerTrust, UplinkOptions};
 use crate::wire::{StreamOpen, UplinkConfig, UplinkEvent};
 
@@ -52,6 +62,19 @@ pub enum AgentError {
     Session(#[from] SessionError),
     #[error("uplink failed: {0}")]
     Uplink(#[from] transport::TransportError),
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
+    #[error("opening the spool did not finish: {0}")]
+    SpoolTask(String),
+}
+
+/// The spool, shared by the cameras (appends) and the report collector (releases). Each holder
+/// keeps the lock for one append (one fsync) or one release at most.
+type SharedSpool = Arc<Mutex<Spool>>;
+
+fn lock(spool: &SharedSpool) -> MutexGuard<'_, Spool> {
+    // A panic while holding the lock leaves the spool as consistent as the disk: keep using it.
+    spool.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// What happened to one fragment, reported to the caller as it happens.
@@ -76,6 +99,8 @@ pub struct AgentReport {
     pub already_stored: u64,
     pub refused: u64,
     pub streams_refused: u64,
+    /// The spool's counters when the agent stopped.
+    pub spool: SpoolStats,
 }
 
 impl AgentReport {
@@ -111,6 +136,9 @@ pub async fn run(
         tracing::info!(stream = %camera.stream, epoch = session.epoch, source = %camera.source, "camera session ready");
         cameras.push((camera.clone(), source, session));
     }
+    let spool = open_spool(&settings).await?;
+    let backlog_rounds = backlog::rounds(lock(&spool).unreleased());
+    let spool_reader = lock(&spool).reader();
 
     let streams = cameras
         .iter()
@@ -122,6 +150,13 @@ pub async fn run(
     let (fragment_tx, fragment_rx) = mpsc::channel(UPLINK_CHANNEL_FRAGMENTS_MAX);
     let (report_tx, report_rx) = mpsc::channel(REPORT_CHANNEL_MAX);
     let options = uplink_options(&settings);
+    let backlog = tokio::spawn(backlog::run(
+        options.clone(),
+        backlog_rounds,
+        spool_reader,
+        report_tx.clone(),
+        shutdown.clone(),
+    ));
     let uplink = tokio::spawn(transport::run_uplink(
         options,
         streams,
@@ -129,16 +164,20 @@ pub async fn run(
         report_tx,
         shutdown.clone(),
     ));
-    let reports = tokio::spawn(collect_reports(report_rx, events));
+    let reports = tokio::spawn(collect_reports(report_rx, events, spool.clone()));
 
     let mut captures = tokio::task::JoinSet::new();
     for (camera, source, session) in cameras {
+        let live = !matches!(source, SourceSpec::File(_));
         captures.spawn(run_camera(
             camera,
             source,
             session,
             capture_config_base(&settings),
-            fragment_tx.clone(),
+            Outlet {
+                spool: live.then(|| spool.clone()),
+                uplink: fragment_tx.clone(),
+            },
             shutdown.clone(),
         ));
     }
@@ -159,12 +198,71 @@ pub async fn run(
         tracing::error!(error = %e, "uplink task failed");
         Ok(())
     });
-    let report = reports.await.unwrap_or_default();
+    let backlog_result = backlog.await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "backlog task failed");
+        Ok(())
+    });
+    let mut report = reports.await.unwrap_or_default();
+    report.spool = lock(&spool).stats();
     if let Some(e) = first_error {
         return Err(e);
     }
     uplink_result?;
+    backlog_result?;
     Ok(report)
+}
+
+/// Opens the spool in `<spool_dir>/spool` (off the runtime's threads: recovery reads it all).
+async fn open_spool(settings: &AgentSettings) -> Result<SharedSpool, AgentError> {
+    let config = SpoolConfig {
+        dir: SpoolConfig::in_state_dir(&settings.spool_dir),
+        bytes_max: settings.spool_bytes_max,
+        age_max_ms: settings.spool_age_max_s.saturating_mul(1000),
+        full_policy: settings.spool_full_policy,
+        fragment_bytes_max: u32::try_from(settings.fragment_bytes_max).unwrap_or(u32::MAX),
+    };
+    let spool = tokio::task::spawn_blocking(move || Spool::open(config))
+        .await
+        .map_err(|e| AgentError::SpoolTask(e.to_string()))??;
+    let stats = spool.stats();
+    tracing::info!(
+        unreleased = stats.unreleased_fragments,
+        bytes = stats.disk_bytes,
+        truncated = stats.recovered_bytes_truncated,
+        "Spool open."
+    );
+    Ok(Arc::new(Mutex::new(spool)))
+}
+
+/// Where a camera's fragments go: the spool first (live sources only), then the uplink.
+#[derive(Debug)]
+struct Outlet {
+    spool: Option<SharedSpool>,
+    uplink: mpsc::Sender<Fragment>,
+}
+
+impl Outlet {
+    /// Spools the fragment durably, then hands it to the uplink (waiting while the uplink is
+    /// full). A fragment the spool refuses or cannot write is still sent, without a durable
+    /// copy. Returns false when the uplink has stopped.
+    async fn send(&self, fragment: Fragment) -> bool {
+        if let Some(spool) = &self.spool {
+            let (spool, copy) = (spool.clone(), fragment.clone());
+            let id = fragment.meta.id.clone();
+            let spooled =
+                tokio::task::spawn_blocking(move || lock(&spool).append(&copy, UnixMillis::now()))
+                    .await;
+            match spooled {
+                Ok(Ok(Admission::Spooled(_) | Admission::AlreadySpooled)) => {}
+                Ok(Ok(Admission::Refused)) => {
+                    tracing::debug!(fragment = %id, "sending a fragment the spool refused")
+                }
+                Ok(Err(error)) => tracing::error!(fragment = %id, %error, "spooling failed"),
+                Err(error) => tracing::error!(fragment = %id, %error, "spool task failed"),
+            }
+        }
+        self.uplink.send(fragment).await.is_ok()
+    }
 }
 
 fn uplink_options(settings: &AgentSettings) -> UplinkOptions {
@@ -209,7 +307,7 @@ async fn run_camera(
     source: SourceSpec,
     session: ProducerSession,
     base: CaptureConfig,
-    uplink: mpsc::Sender<Fragment>,
+    outlet: Outlet,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     let live = !matches!(source, SourceSpec::File(_));
@@ -244,7 +342,7 @@ async fn run_camera(
                     Some(CaptureEvent::Fragment(f)) => {
                         let fragment = to_fragment(&camera.stream, session.epoch, sequence, f);
                         sequence += 1;
-                        if uplink.send(fragment).await.is_err() {
+                        if !outlet.send(fragment).await {
                             break Ok(()); // the uplink stopped (shutdown)
                         }
                     }
@@ -298,12 +396,20 @@ fn to_fragment(
     }
 }
 
+/// Counts what the uplinks report and releases from the spool every fragment the server has
+/// persisted or refused for good (a refused one would be refused again at every resend).
 async fn collect_reports(
     mut reports: mpsc::Receiver<UplinkEvent>,
     events: Option<mpsc::Sender<AgentEvent>>,
+    spool: SharedSpool,
 ) -> AgentReport {
     let mut totals = AgentReport::default();
     while let Some(report) = reports.recv().await {
+        if let UplinkEvent::Persisted { id, .. } | UplinkEvent::Refused { id, .. } = &report {
+            if let Err(error) = lock(&spool).release(id) {
+                tracing::error!(fragment = %id, %error, "releasing a fragment from the spool failed");
+            }
+        }
         let event = match report {
             UplinkEvent::Persisted {
                 id,

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::fragment::StreamName;
+use crate::spool::FullPolicy;
 
 /// Largest fragment accepted, in bytes (the Kinesis Video limit).
 pub const FRAGMENT_BYTES_LIMIT: u64 = 50 * 1024 * 1024;
@@ -22,6 +23,13 @@ pub const FRAGMENT_DURATION_MS_LIMIT: u32 = 10_000;
 /// Retention bounds for video streams, in hours (1 hour to 10 years).
 pub const RETENTION_HOURS_MIN: u32 = 1;
 pub const RETENTION_HOURS_MAX: u32 = 87_600;
+/// Agent spool defaults and bounds: 2 GiB and one week by default; 16 MiB to 16 TiB, one
+/// minute to one year.
+const SPOOL_BYTES_MAX_DEFAULT: u64 = 2 * 1024 * 1024 * 1024;
+const SPOOL_AGE_MAX_S_DEFAULT: u64 = 7 * 24 * 3600;
+const SPOOL_BYTES_MIN: u64 = 16 * 1024 * 1024;
+const SPOOL_BYTES_LIMIT: u64 = 16 * 1024 * 1024 * 1024 * 1024;
+const SPOOL_AGE_S_LIMIT: u64 = 365 * 24 * 3600;
 /// Config files larger than this are refused before parsing.
 const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
 
@@ -380,10 +388,16 @@ pub struct AgentConfig {
     pub ca: Option<PathBuf>,
     /// Development mode: trust the first server certificate seen and pin it. Labelled in logs.
     pub trust_first_certificate: bool,
-    /// Where the agent keeps its state (session epochs, the pinned certificate).
+    /// Where the agent keeps its state (session epochs, the pinned certificate, the spool).
     pub spool_dir: PathBuf,
     /// A name for this agent in the server's logs.
     pub agent_name: String,
+    /// Most bytes the on-disk spool of unacknowledged fragments may take (live sources).
+    pub spool_bytes_max: u64,
+    /// Spooled footage older than this (producer time) is deleted unsent, in seconds.
+    pub spool_age_max_s: u64,
+    /// When the spool is full: `drop-oldest` footage, or `refuse-new` fragments.
+    pub spool_full_policy: FullPolicy,
     pub fragments: FragmentSection,
     pub uplink: UplinkSection,
     pub cameras: Vec<CameraSection>,
@@ -432,6 +446,9 @@ impl Default for AgentConfig {
             trust_first_certificate: false,
             spool_dir: PathBuf::from("hydrant-spool"),
             agent_name: String::new(),
+            spool_bytes_max: SPOOL_BYTES_MAX_DEFAULT,
+            spool_age_max_s: SPOOL_AGE_MAX_S_DEFAULT,
+            spool_full_policy: FullPolicy::DropOldest,
             fragments: FragmentSection::default(),
             uplink: UplinkSection::default(),
             cameras: Vec::new(),
@@ -478,6 +495,9 @@ pub struct AgentSettings {
     pub trust_first_certificate: bool,
     pub spool_dir: PathBuf,
     pub agent_name: String,
+    pub spool_bytes_max: u64,
+    pub spool_age_max_s: u64,
+    pub spool_full_policy: FullPolicy,
     pub fragment_target_ms: u32,
     pub fragment_duration_ms_max: u32,
     pub fragment_bytes_max: u64,
@@ -552,6 +572,19 @@ impl AgentConfig {
             ca: self.ca,
             trust_first_certificate: self.trust_first_certificate,
             spool_dir: self.spool_dir,
+            spool_bytes_max: check_range(
+                "spool_bytes_max",
+                self.spool_bytes_max,
+                SPOOL_BYTES_MIN,
+                SPOOL_BYTES_LIMIT,
+            )?,
+            spool_age_max_s: check_range(
+                "spool_age_max_s",
+                self.spool_age_max_s,
+                60,
+                SPOOL_AGE_S_LIMIT,
+            )?,
+            spool_full_policy: self.spool_full_policy,
             fragment_target_ms: target,
             fragment_duration_ms_max: cap,
             fragment_bytes_max: check_range(
@@ -655,6 +688,32 @@ mod tests {
                 .expect("parses");
         let err = agent.resolve().expect_err("bad stream refused");
         assert!(err.to_string().contains("cameras[0].stream"), "{err}");
+    }
+
+    #[test]
+    fn spool_keys_resolve_and_name_themselves_when_bad() {
+        let base = "ca = \"ca.pem\"\n[[cameras]]\nstream = \"cam\"\nsource = \"test\"\n";
+        let agent: AgentConfig = toml::from_str(&format!(
+            "spool_bytes_max = 33554432\nspool_age_max_s = 600\nspool_full_policy = \"refuse-new\"\n{base}"
+        ))
+        .expect("parses");
+        let s = agent.resolve().expect("valid");
+        assert_eq!(
+            (s.spool_bytes_max, s.spool_age_max_s, s.spool_full_policy),
+            (33_554_432, 600, FullPolicy::RefuseNew)
+        );
+        let defaults: AgentConfig = toml::from_str(base).expect("parses");
+        let d = defaults.resolve().expect("valid");
+        assert_eq!(d.spool_full_policy, FullPolicy::DropOldest);
+
+        let bad =
+            toml::from_str::<AgentConfig>(&format!("spool_full_policy = \"drop-newest\"\n{base}"))
+                .expect_err("unknown policy refused");
+        assert!(bad.to_string().contains("drop-newest"), "{bad}");
+        let small: AgentConfig =
+            toml::from_str(&format!("spool_bytes_max = 1024\n{base}")).expect("parses");
+        let err = small.resolve().expect_err("too small");
+        assert!(err.to_string().contains("spool_bytes_max"), "{err}");
     }
 
     #[test]
