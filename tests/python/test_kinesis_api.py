@@ -170,3 +170,33 @@ def test_not_found_and_validation_shapes(kinesis, server):
     kinesis.create_stream(StreamName="doomed", ShardCount=1)
     kinesis.delete_stream(StreamARN="arn:aws:kinesis:us-east-1:000000000000:stream/doomed")
     assert "doomed" not in kinesis.list_streams()["StreamNames"]
+
+
+def test_signed_keys_limited_to_streams_only_reach_those(signed_server):
+    from conftest import LIMITED_KEY_ID, LIMITED_SECRET, LIMITED_STREAM
+
+    admin = signed_server.client("kinesis")
+    limited = signed_server.client_with("kinesis", LIMITED_KEY_ID, LIMITED_SECRET)
+    admin.create_stream(StreamName=LIMITED_STREAM, ShardCount=1)
+    admin.create_stream(StreamName="someone-else", ShardCount=1)
+    wait_active(admin, LIMITED_STREAM)
+    wait_active(admin, "someone-else")
+    put = limited.put_record(StreamName=LIMITED_STREAM, PartitionKey="k", Data=b"mine")
+    assert put["ShardId"] == "shardId-000000000000"
+
+    with pytest.raises(botocore.exceptions.ClientError) as denied:
+        limited.describe_stream_summary(StreamName="someone-else")
+    assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
+    with pytest.raises(botocore.exceptions.ClientError) as denied:
+        limited.put_record(StreamName="someone-else", PartitionKey="k", Data=b"x")
+    assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert "someone-else" not in limited.list_streams()["StreamNames"]
+    assert "someone-else" in admin.list_streams()["StreamNames"]
+
+
+def wait_active(client, name):
+    for _ in range(100):
+        if client.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{name} never became ACTIVE")

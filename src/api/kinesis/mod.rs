@@ -15,6 +15,7 @@ mod parse;
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -23,6 +24,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::Value;
 
+use crate::api::sigv4::Principal;
+use crate::fragment::StreamName;
 use crate::streams::{Streams, StreamsError};
 
 /// Largest request body in bytes: 5 MiB of data grows by a third in base64, plus keys.
@@ -121,6 +124,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(streams: Arc<Streams>) -> Router
 
 async fn dispatch(
     State(streams): State<Arc<Streams>>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -131,13 +135,73 @@ async fn dispatch(
     let Some(operation) = target.strip_prefix(TARGET_PREFIX) else {
         return KinesisError::new("UnknownOperationException", "").into_response();
     };
+    let principal = principal.map(|Extension(p)| p);
     let result = match parse::Body::parse(&body) {
-        Ok(input) => ops::call(&streams, operation, input).await,
+        Ok(input) => match authorize(&streams, principal.as_ref(), operation, &input) {
+            Ok(()) => ops::call(&streams, operation, input).await,
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     match result {
-        Ok(value) => json_response(StatusCode::OK, &value),
+        Ok(mut value) => {
+            if let Some(p) = principal.as_ref().filter(|p| p.is_restricted()) {
+                hide_other_streams(p, &mut value);
+            }
+            json_response(StatusCode::OK, &value)
+        }
         Err(e) => e.into_response(),
+    }
+}
+
+/// A key limited to named streams may act only on those (AccessDeniedException otherwise).
+/// Requests naming no stream (ListStreams, DescribeLimits, GetRecords by an iterator that was
+/// issued for an allowed stream) pass; listings are filtered afterwards.
+fn authorize(
+    streams: &Streams,
+    principal: Option<&Principal>,
+    operation: &str,
+    input: &parse::Body,
+) -> Result<(), KinesisError> {
+    let Some(principal) = principal.filter(|p| p.is_restricted()) else {
+        return Ok(());
+    };
+    let named = input
+        .0
+        .get("StreamName")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| {
+            let arn = input.0.get("StreamARN").and_then(Value::as_str)?;
+            streams.name_from_arn(arn).map(str::to_owned)
+        });
+    let Some(name) = named else { return Ok(()) };
+    let allowed = StreamName::new(name.as_str()).is_ok_and(|n| principal.may_use(&n));
+    if allowed {
+        return Ok(());
+    }
+    Err(KinesisError::new(
+        "AccessDeniedException",
+        format!(
+            "User: {} is not authorized to perform: kinesis:{operation} on resource: {}",
+            principal.access_key_id,
+            streams.arn(&name)
+        ),
+    ))
+}
+
+/// Removes the streams a restricted key may not see from ListStreams replies.
+fn hide_other_streams(principal: &Principal, reply: &mut Value) {
+    let visible = |name: &str| StreamName::new(name).is_ok_and(|n| principal.may_use(&n));
+    if let Some(Value::Array(names)) = reply.get_mut("StreamNames") {
+        names.retain(|n| n.as_str().is_some_and(visible));
+    }
+    if let Some(Value::Array(summaries)) = reply.get_mut("StreamSummaries") {
+        summaries.retain(|s| {
+            s.get("StreamName")
+                .and_then(Value::as_str)
+                .is_some_and(visible)
+        });
     }
 }
 
