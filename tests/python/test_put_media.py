@@ -168,3 +168,29 @@ def test_missing_timecode_type_is_a_bad_request(server):
     assert response.status == 400
     assert response.getheader("x-amzn-ErrorType") == "InvalidArgumentException"
     conn.close()
+
+
+def test_signed_unsigned_payload_streams_without_buffering(signed_server, sent):
+    """With SigV4 keys, a request signed with `x-amz-content-sha256: UNSIGNED-PAYLOAD` keeps its
+    body streaming; a bad signature is refused before any handler."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from conftest import SIGNED_KEY_ID, SIGNED_SECRET
+
+    signed_server.client("kinesisvideo").create_stream(StreamName="py-putmedia-signed")
+    start = time.time() - 7200
+    headers = relative_headers("py-putmedia-signed", start)
+    request = AWSRequest(method="POST", url=f"{signed_server.endpoint}/putMedia", data=b"",
+                         headers=headers)
+    request.context["payload_signing_enabled"] = False
+    SigV4Auth(Credentials(SIGNED_KEY_ID, SIGNED_SECRET), "kinesisvideo", "us-east-1").add_auth(request)
+    signed = dict(request.headers.items())
+    status, events = put_media(signed_server, sent["mkv"], signed)
+    assert status == 200
+    kinds = [e["EventType"] for e in events]
+    assert kinds.count("PERSISTED") == keyframe_count(sent["clip"]), events
+
+    status, _ = put_media(signed_server, sent["mkv"][:1000], headers)
+    assert status in (400, 403)
