@@ -131,20 +131,6 @@ pub enum MkvError {
     EmptyCluster,
 }
 
-impl MkvError {
-    /// Whether the error spoils only the current cluster; the stream goes on with the next.
-    pub fn is_fragment_error(&self) -> bool {
-        matches!(
-            self,
-            MkvError::FragmentTooLarge { .. }
-                | MkvError::FragmentTooLong { .. }
-                | MkvError::TimecodeNotMonotonic
-                | MkvError::TrackMismatch(_)
-                | MkvError::EmptyCluster
-        )
-    }
-}
-
 /// One track of the segment.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MkvTrack {
