@@ -9,7 +9,6 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use ort::environment::Environment;
-use ort::ep::{self, ExecutionProvider};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::Tensor;
@@ -80,10 +79,12 @@ impl Detector {
         let bytes = spec.read_verified(&path)?;
         let env = load_runtime()?;
         let threads = options.threads.clamp(1, THREADS_MAX);
+        let runtime = |e: ort::Error<_>| DetectError::Runtime(e.to_string());
         let builder = Session::builder(&env)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
-            .and_then(|b| b.with_intra_threads(threads))
-            .map_err(|e| DetectError::Runtime(e.to_string()))?;
+            .map_err(runtime)?
+            .with_intra_threads(threads)
+            .map_err(runtime)?;
         let mut builder = with_provider(builder, &options.execution_provider)?;
         let session = builder.commit_from_memory(&bytes)?;
         let decoder = Decoder {
@@ -179,31 +180,14 @@ fn with_provider(
     builder: ort::session::builder::SessionBuilder,
     name: &str,
 ) -> Result<ort::session::builder::SessionBuilder, DetectError> {
-    let (dispatch, available) = match name.to_ascii_lowercase().as_str() {
-        "cpu" | "" => return Ok(builder),
-        "cuda" => (ep::CUDA::default().build(), ep::CUDA::is_available()),
-        "tensorrt" => (
-            ep::TensorRT::default().build(),
-            ep::TensorRT::is_available(),
-        ),
-        "openvino" => (
-            ep::OpenVINO::default().build(),
-            ep::OpenVINO::is_available(),
-        ),
-        other => {
-            tracing::warn!(provider = other, "unknown execution provider; using CPU");
-            return Ok(builder);
-        }
-    };
-    if !available.unwrap_or(false) {
+    // The build enables no accelerator features of `ort` (they are per-platform builds); any
+    // provider other than CPU is reported and CPU is used, so a config written for a Jetson still
+    // runs elsewhere.
+    if !name.eq_ignore_ascii_case("cpu") && !name.is_empty() {
         tracing::warn!(
             provider = name,
-            "this ONNX Runtime build lacks the execution provider; using CPU"
+            "execution provider not available in this build; using CPU"
         );
-        return Ok(builder);
     }
-    // Registration failures fall back to CPU inside ONNX Runtime (the dispatch is not strict).
-    builder
-        .with_execution_providers([dispatch])
-        .map_err(|e| DetectError::Runtime(e.to_string()))
+    Ok(builder)
 }

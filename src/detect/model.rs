@@ -133,7 +133,7 @@ impl ModelSpec {
         if spec.decoder == DecoderKind::Yolox && spec.strides.is_empty() {
             return Err(bad("a yolox decoder needs strides".into()));
         }
-        if spec.strides.iter().any(|&s| s == 0) {
+        if spec.strides.contains(&0) {
             return Err(bad("a stride of 0".into()));
         }
         Ok(spec)

@@ -87,8 +87,14 @@ fn reference(model: &str, clip: &str) -> Vec<Reference> {
 
 /// Runs the model (threshold 0.3, no gain, no gate: the reference's settings) on the reference's
 /// frames; returns (frames compared, persons-count agreements, max-score agreements).
-fn compare_with_reference(model: &str, clip: &str, score_tol: f32) -> (usize, usize, usize) {
-    let rows = reference(model, clip);
+/// `every` keeps one reference row in that many (test time: each inference is slow in debug).
+fn compare_with_reference(
+    model: &str,
+    clip: &str,
+    every: usize,
+    score_tol: f32,
+) -> (usize, usize, usize) {
+    let rows: Vec<Reference> = reference(model, clip).into_iter().step_by(every).collect();
     let mut det = detector(model, Some(0.3));
     let path = assets().join("videos").join(format!("{clip}.mp4"));
     let mut source = GstFileSource::open(&path).unwrap();
@@ -118,8 +124,11 @@ fn compare_with_reference(model: &str, clip: &str, score_tol: f32) -> (usize, us
 fn per_frame_outputs_match_the_reference_detections() {
     // Tolerance: max score within 0.05, person count equal, each on at least 90% of the
     // reference's frames (colour conversion and resize kernels differ from the reference's).
-    for clip in ["beweging_walking-by", "intel_one-by-one-person-detection"] {
-        let (n, count_ok, score_ok) = compare_with_reference("yolox_nano_416", clip, 0.05);
+    for (clip, every) in [
+        ("beweging_walking-by", 1),
+        ("intel_one-by-one-person-detection", 3),
+    ] {
+        let (n, count_ok, score_ok) = compare_with_reference("yolox_nano_416", clip, every, 0.05);
         assert!(n >= 90, "{clip}: only {n} frames compared");
         assert!(
             count_ok * 10 >= n * 9,
