@@ -9,6 +9,7 @@ pub mod api;
 pub mod capture;
 pub mod config;
 pub mod demo;
+pub mod detect;
 pub mod fragment;
 pub mod media;
 pub mod record_log;

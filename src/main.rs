@@ -30,6 +30,43 @@ enum Command {
     Agent(AgentArgs),
     /// Run a server and an agent replaying a sample clip, then write a clip back.
     Demo(DemoArgs),
+    /// Person detection tools.
+    #[command(subcommand)]
+    Detect(DetectCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DetectCommand {
+    /// Replay a clip through the detection pipeline and print decisions and a summary.
+    Eval(EvalArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct EvalArgs {
+    /// Video file to replay (MP4, Matroska, raw H.264).
+    #[arg(long)]
+    clip: PathBuf,
+    /// Model name (yolox_nano_416, light_person_detector_192) or a sidecar .toml path.
+    #[arg(long, default_value = hydrant::detect::model::DEFAULT_MODEL)]
+    model: String,
+    /// Labelled person intervals: {"fps": N, "person": [[first_frame, last_frame], ...]}.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Print only the JSON summary.
+    #[arg(long)]
+    json: bool,
+    /// Frames per second sampled from the clip.
+    #[arg(long, default_value_t = hydrant::detect::eval::SAMPLE_FPS_DEFAULT)]
+    fps: f64,
+    /// Intra-op threads for ONNX Runtime.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Execution provider: cpu, cuda, tensorrt, openvino (falls back to CPU when unavailable).
+    #[arg(long, default_value = "cpu")]
+    ep: String,
+    /// Score threshold (default: the model sidecar's).
+    #[arg(long)]
+    threshold: Option<f32>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,11 +132,13 @@ struct DemoArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo talks to the user on stdout; its logs stay quiet unless asked for.
-    init_logging(if matches!(cli.command, Command::Demo(_)) {
-        "warn"
-    } else {
-        "info,quinn=warn,ort=warn"
-    });
+    init_logging(
+        if matches!(cli.command, Command::Demo(_) | Command::Detect(_)) {
+            "warn"
+        } else {
+            "info,quinn=warn,ort=warn"
+        },
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -141,7 +180,79 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Detect(DetectCommand::Eval(args)) => {
+            tokio::task::spawn_blocking(move || run_detect_eval(args)).await?
+        }
     }
+}
+
+fn run_detect_eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    use hydrant::detect::eval::{self, EvalOptions};
+    let mut options = EvalOptions::new(args.clip);
+    options.model = args.model;
+    options.labels = args.labels;
+    options.pipeline.sample_fps = args.fps;
+    options.detector.threads = args.threads;
+    options.detector.execution_provider = args.ep;
+    options.detector.score_threshold = args.threshold;
+    let json = args.json;
+    let report = eval::evaluate(&options, |d| {
+        if !json {
+            println!(
+                "frame {:>6} t={:>8.3}s {:<9} gain={:.2} persons={} max={:.2} tracks={}{}{}",
+                d.index,
+                d.pts_ms as f64 / 1000.0,
+                format!("{:?}", d.gate).to_lowercase(),
+                d.gain,
+                d.persons,
+                d.max_score,
+                d.tracks,
+                if d.event_started {
+                    " EVENT START"
+                } else if d.event_open {
+                    " event"
+                } else {
+                    ""
+                },
+                d.inference_ms
+                    .map(|ms| format!(" {ms:.1}ms"))
+                    .unwrap_or_default()
+            );
+        }
+    })
+    .context("detect eval failed")?;
+    let s = &report.summary;
+    if json {
+        println!("{}", serde_json::to_string(s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!();
+    for e in &s.events {
+        println!(
+            "event {} {:.1}s-{:.1}s score {:.2}",
+            e.label, e.start_s, e.end_s, e.score
+        );
+    }
+    let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3}"));
+    println!(
+        "{} event(s); frames: {} decoded, {} sampled, {} inferred ({} skipped by the motion gate)",
+        s.events.len(),
+        s.frames_total,
+        report.frames_sampled,
+        s.frames_inferred,
+        report.frames_sampled - s.frames_inferred
+    );
+    println!(
+        "precision {} recall {} (sampled frames; tp {} fp {} fn {}); inference ms p50 {:.1} p99 {:.1}",
+        fmt(s.precision),
+        fmt(s.recall),
+        report.true_positives,
+        report.false_positives,
+        report.false_negatives,
+        s.inference_ms_p50,
+        s.inference_ms_p99
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run_server(args: ServerArgs) -> anyhow::Result<ExitCode> {
