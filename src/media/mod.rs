@@ -13,6 +13,7 @@
 //! every malformed input into a typed [`MediaError`], never a panic.
 
 pub mod h264;
+pub mod matroska_write;
 pub mod mp4;
 mod payload;
 
