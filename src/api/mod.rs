@@ -25,6 +25,7 @@ pub mod error;
 pub mod json;
 pub mod kinesis;
 mod kvs;
+mod media;
 pub mod sigv4;
 
 use std::sync::Arc;
@@ -105,6 +106,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/listTagsForStream", post(kvs::list_tags_for_stream))
         .route("/listFragments", post(archived::list_fragments))
         .route("/getClip", post(archived::get_clip))
+        .route(
+            "/getMediaForFragmentList",
+            archived::media_for_fragment_list_route(),
+        )
+        .route("/getMedia", media::route())
         .merge(kinesis.unwrap_or_default())
         .fallback(unknown_operation)
         .layer(middleware::from_fn_with_state(
