@@ -146,7 +146,9 @@ def test_fragment_list_refuses_unknown_fragments(archived, ingested):
 
 
 def test_get_media_from_earliest_returns_every_fragment_as_a_chunk(media, ingested, tmp_path):
-    numbers, gops = ingested["numbers"], ingested["gops"]
+    # GetMedia sends chunks in fragment-number (arrival) order; the agent sends fragments on
+    # parallel streams, so that order may differ from the producer order a little.
+    numbers, gops = sorted(ingested["numbers"]), ingested["gops"]
     path = read_get_media(media, tmp_path, "earliest.mkv", StartSelectorType="EARLIEST")
     status, tags, text = mkvinfo(path)
     # Each chunk opens with its own EBML header: mkvinfo warns (1) and resyncs, as on AWS's output.
@@ -157,11 +159,14 @@ def test_get_media_from_earliest_returns_every_fragment_as_a_chunk(media, ingest
                  "AWS_KINESISVIDEO_MILLIS_BEHIND_NOW"):
         assert len(tag_values(tags, name)) == len(numbers), name
     assert all(int(v) >= 0 for v in tag_values(tags, "AWS_KINESISVIDEO_MILLIS_BEHIND_NOW"))
-    assert gstreamer_frames(path) == sum(gops)
+    # ffprobe decodes every frame. (GStreamer restarts its segment at each chunk's header and
+    # clips frames that go back in time, which fragment-number order may do here; the live test
+    # checks GStreamer on chunks that arrive in producer order.)
+    assert ffprobe_frames(path) == sum(gops)
 
 
 def test_get_media_after_a_fragment_number_and_a_continuation_token(media, ingested, tmp_path):
-    numbers = ingested["numbers"]
+    numbers = sorted(ingested["numbers"])
     path = read_get_media(media, tmp_path, "after.mkv", StartSelectorType="FRAGMENT_NUMBER",
                           AfterFragmentNumber=numbers[3])
     _, tags, _ = mkvinfo(path)
@@ -241,5 +246,7 @@ def test_get_media_now_follows_a_live_agent(server, kvs, archived, media, tmp_pa
     assert live == sorted(live)
     assert not before & set(live), "NOW sent fragments stored before the request"
     assert set(live) <= set(list_numbers(archived, "py-media-live"))
+    blocks = text.count("Simple block:")
+    assert blocks > 0 and gstreamer_frames(path) == blocks
     behind = [int(v) for v in tag_values(tags, "AWS_KINESISVIDEO_MILLIS_BEHIND_NOW")]
     assert max(behind) < 5000, behind
