@@ -13,9 +13,9 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, post};
 use bytes::Bytes;
+use serde_json::{Value, json};
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use serde_json::{Value, json};
 
 use crate::fragment::{StreamName, UnixMillis};
 use crate::media::matroska_write::{self as mkv, FragmentListWriter};
@@ -336,7 +336,9 @@ async fn stream_fragment_list(
         let bytes = fragment.and_then(|fragment| {
             writer
                 .write_fragment(&fragment, &fragment_list_tags(&summary))
-                .map_err(|e| ApiError::InvalidMediaFrame(format!("Fragment {}: {e}", summary.number)))
+                .map_err(|e| {
+                    ApiError::InvalidMediaFrame(format!("Fragment {}: {e}", summary.number))
+                })
         });
         let chunk = match bytes {
             Ok(bytes) => bytes,
@@ -344,7 +346,10 @@ async fn stream_fragment_list(
                 tracing::warn!(stream = %name, fragment = %summary.number, error = %error, "GetMediaForFragmentList stopped on an error.");
                 let tags = [
                     (mkv::TAG_FRAGMENT_NUMBER, summary.number.to_string()),
-                    (mkv::TAG_EXCEPTION_ERROR_CODE, error.status().as_u16().to_string()),
+                    (
+                        mkv::TAG_EXCEPTION_ERROR_CODE,
+                        error.status().as_u16().to_string(),
+                    ),
                     (mkv::TAG_EXCEPTION_MESSAGE, error.to_string()),
                 ];
                 let _ = tx.send(Bytes::from(mkv::write_tags_chunk(&tags))).await;

@@ -194,7 +194,9 @@ fn parse_start(selector: &Members) -> Result<Start, ApiError> {
         }
         timestamp_kind => {
             let at = selector.timestamp("StartTimestamp")?.ok_or_else(|| {
-                ApiError::invalid(format!("{timestamp_kind} needs StartSelector.StartTimestamp."))
+                ApiError::invalid(format!(
+                    "{timestamp_kind} needs StartSelector.StartTimestamp."
+                ))
             })?;
             if timestamp_kind == "SERVER_TIMESTAMP" {
                 Start::ServerTime(at)
@@ -343,7 +345,10 @@ impl Session {
             (mkv::TAG_ERROR_CODE, message.to_owned()),
             (mkv::TAG_ERROR_ID, id.to_string()),
         ];
-        let _ = self.tx.send(Bytes::from(mkv::write_tags_chunk(&tags))).await;
+        let _ = self
+            .tx
+            .send(Bytes::from(mkv::write_tags_chunk(&tags)))
+            .await;
     }
 }
 
@@ -496,7 +501,10 @@ mod tests {
             r#"{"StartSelectorType": "SERVER_TIMESTAMP"}"#,
             r#"{}"#,
         ] {
-            assert!(matches!(parse(bad), Err(ApiError::InvalidArgument(_))), "{bad}");
+            assert!(
+                matches!(parse(bad), Err(ApiError::InvalidArgument(_))),
+                "{bad}"
+            );
         }
         // Well formed, but not a number this server issues.
         assert!(matches!(
@@ -514,7 +522,9 @@ mod tests {
         let refused = consumers.admit(&stream()).expect_err("over the limit");
         assert_eq!(refused.code(), "ClientLimitExceededException");
         let other = StreamName::new("other").expect("valid");
-        let _other = consumers.admit(&other).expect("another stream has its own limit");
+        let _other = consumers
+            .admit(&other)
+            .expect("another stream has its own limit");
         drop(slots);
         let _again = consumers.admit(&stream()).expect("slots were freed");
         assert_eq!(consumers.lock().total, 2);

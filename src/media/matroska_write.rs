@@ -231,7 +231,10 @@ pub fn write_tags(out: &mut Vec<u8>, tags: &[SimpleTag<'_>]) {
 }
 
 /// The fragment's samples as clusters; an empty fragment gives one empty cluster at its start.
-pub fn write_clusters(out: &mut Vec<u8>, fragment: &MediaFragment) -> Result<(), MatroskaWriteError> {
+pub fn write_clusters(
+    out: &mut Vec<u8>,
+    fragment: &MediaFragment,
+) -> Result<(), MatroskaWriteError> {
     let samples = &fragment.samples;
     if samples.is_empty() {
         let start_ms = non_negative_ms(fragment.start_us(), 0)?;
@@ -279,7 +282,11 @@ fn write_cluster(
         // Track number as a 1-byte vint, relative timecode, flags.
         out.push(0x80 | TRACK_NUMBER as u8);
         out.extend_from_slice(&relative.to_be_bytes());
-        out.push(if sample.keyframe { BLOCK_FLAG_KEYFRAME } else { 0 });
+        out.push(if sample.keyframe {
+            BLOCK_FLAG_KEYFRAME
+        } else {
+            0
+        });
         out.extend_from_slice(&sample.data);
     }
     Ok(())
@@ -328,9 +335,7 @@ pub fn write_id(out: &mut Vec<u8>, element: u32) {
 /// Bytes of the shortest size vint for `size`: `n` bytes carry up to 2^(7n) - 2 (all ones is
 /// reserved for "unknown").
 pub fn size_len(size: u64) -> usize {
-    (1..=8)
-        .find(|n| size < (1u64 << (7 * n)) - 1)
-        .unwrap_or(8)
+    (1..=8).find(|n| size < (1u64 << (7 * n)) - 1).unwrap_or(8)
 }
 
 /// Writes `size` as the shortest vint; callers keep sizes at most [`SIZE_VALUE_MAX`].
@@ -499,7 +504,9 @@ mod tests {
     }
 
     fn three_samples(start_ms: i64) -> Vec<Sample> {
-        (0..3).map(|i| sample(start_ms + i * 40, i == 0, 50)).collect()
+        (0..3)
+            .map(|i| sample(start_ms + i * 40, i == 0, 50))
+            .collect()
     }
 
     /// mkvtoolnix, an independent reader, sees both GetMedia chunks' tags, tracks and blocks; it
@@ -518,9 +525,16 @@ mod tests {
         }
         let (status, text) = mkvinfo(&bytes);
         assert!(matches!(status, Some(0 | 1)), "mkvinfo failed: {text}");
-        assert_eq!(text.matches("Codec ID: V_MPEG4/ISO/AVC").count(), 2, "{text}");
+        assert_eq!(
+            text.matches("Codec ID: V_MPEG4/ISO/AVC").count(),
+            2,
+            "{text}"
+        );
         assert!(text.contains("Pixel width: 640"), "{text}");
-        assert!(text.contains("String: 91001") && text.contains("String: 91002"), "{text}");
+        assert!(
+            text.contains("String: 91001") && text.contains("String: 91002"),
+            "{text}"
+        );
         assert_eq!(text.matches("Simple block: key").count(), 2, "{text}");
         assert_eq!(text.matches("Simple block:").count(), 6, "{text}");
     }
@@ -539,7 +553,11 @@ mod tests {
         let (status, text) = mkvinfo(&bytes);
         assert_eq!(status, Some(0), "mkvinfo complained: {text}");
         assert_eq!(text.matches("+ EBML head").count(), 1, "{text}");
-        assert_eq!(text.matches("Name: AWS_KINESISVIDEO_FRAGMENT_NUMBER").count(), 3);
+        assert_eq!(
+            text.matches("Name: AWS_KINESISVIDEO_FRAGMENT_NUMBER")
+                .count(),
+            3
+        );
         assert_eq!(text.matches("|+ Cluster\n").count(), 3, "{text}");
         let mut resized = fragment(three_samples(1_700_000_009_000));
         resized.width = 1280;
