@@ -250,3 +250,38 @@ def test_get_media_now_follows_a_live_agent(server, kvs, archived, media, tmp_pa
     assert blocks > 0 and gstreamer_frames(path) == blocks
     behind = [int(v) for v in tag_values(tags, "AWS_KINESISVIDEO_MILLIS_BEHIND_NOW")]
     assert max(behind) < 5000, behind
+
+
+def test_get_media_from_a_server_or_producer_timestamp(archived, media, ingested, tmp_path):
+    page = archived.list_fragments(StreamName="py-media", MaxResults=1000)["Fragments"]
+    by_server = sorted(page, key=lambda f: f["FragmentNumber"])
+    start = by_server[len(by_server) // 2]["ServerTimestamp"]
+    path = read_get_media(media, tmp_path, "server.mkv", StartSelectorType="SERVER_TIMESTAMP",
+                          StartTimestamp=start)
+    _, tags, _ = mkvinfo(path)
+    expected = [f["FragmentNumber"] for f in by_server if f["ServerTimestamp"] >= start]
+    assert tag_values(tags, "AWS_KINESISVIDEO_FRAGMENT_NUMBER") == expected
+
+    by_producer = sorted(page, key=lambda f: f["ProducerTimestamp"])
+    first = by_producer[-3]
+    path = read_get_media(media, tmp_path, "producer.mkv", StartSelectorType="PRODUCER_TIMESTAMP",
+                          StartTimestamp=first["ProducerTimestamp"])
+    _, tags, _ = mkvinfo(path)
+    sent = tag_values(tags, "AWS_KINESISVIDEO_FRAGMENT_NUMBER")
+    # The fragment at the timestamp first, then every fragment stored after it.
+    assert sent == [first["FragmentNumber"]] + [
+        f["FragmentNumber"] for f in by_server if f["FragmentNumber"] > first["FragmentNumber"]]
+
+
+def test_get_media_is_signed_and_scoped_to_a_key_s_streams(signed_server):
+    from conftest import LIMITED_KEY_ID, LIMITED_SECRET
+
+    media = signed_server.client("kinesis-video-media")
+    selector = {"StartSelectorType": "NOW"}
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        media.get_media(StreamName="no-such-stream", StartSelector=selector)
+    assert err.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    limited = signed_server.client_with("kinesis-video-archived-media", LIMITED_KEY_ID, LIMITED_SECRET)
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        limited.get_media_for_fragment_list(StreamName="other-stream", Fragments=[UNKNOWN_FRAGMENT])
+    assert err.value.response["Error"]["Code"] == "NotAuthorizedException"
