@@ -1,16 +1,29 @@
-//! Kinesis Video archived media: ListFragments and GetClip.
+//! Kinesis Video archived media: ListFragments, GetClip and GetMediaForFragmentList.
+//!
+//! GetMediaForFragmentList checks that every named fragment exists before it answers (an unknown
+//! one is `ResourceNotFoundException`), then streams them in the order given as one Matroska
+//! stream (`media::matroska_write::FragmentListWriter`), reading one fragment at a time with at
+//! most `media::CHUNKS_BUFFERED_MAX` chunks ahead of the client; [`MEDIA_LISTS_MAX`] responses
+//! stream at once. A fragment that cannot be read once the body has started ends the stream with
+//! the exception tags the model documents.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, post};
+use bytes::Bytes;
 use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::fragment::{StreamName, UnixMillis};
+use crate::media::matroska_write::{self as mkv, FragmentListWriter};
 use crate::media::{MediaFragment, mp4};
 use crate::store::{FragmentNumber, FragmentSummary, Store, TimestampKind};
 
 use super::json::{self, Members, StringRule};
+use super::media::{CHUNKS_BUFFERED_MAX, FRAGMENT_NUMBER, matroska_response, read_media};
 use super::{ApiError, AppState, JsonBody, blocking, resolve_stream};
 
 /// ListFragments page size when the request gives none.
@@ -23,6 +36,11 @@ pub const CLIP_FRAGMENTS_MAX: usize = 200;
 pub const CLIP_BYTES_MAX: u64 = 100 * 1000 * 1000;
 /// Longest clip time range, in milliseconds (24 hours).
 pub const CLIP_RANGE_MS_MAX: u64 = 24 * 3600 * 1000;
+
+/// Most fragments one GetMediaForFragmentList names (the model's list limit).
+pub const MEDIA_LIST_FRAGMENTS_MAX: usize = 1000;
+/// GetMediaForFragmentList responses streaming at the same time.
+pub const MEDIA_LISTS_MAX: usize = 16;
 
 const NEXT_TOKEN: StringRule = StringRule {
     len_min: 1,
@@ -252,6 +270,111 @@ fn within_clip_bytes(summaries: &[FragmentSummary]) -> &[FragmentSummary] {
         })
         .count();
     &summaries[..count]
+}
+
+/// The GetMediaForFragmentList route, with its own bound on responses streaming at once.
+pub fn media_for_fragment_list_route() -> MethodRouter<AppState> {
+    let permits = Arc::new(Semaphore::new(MEDIA_LISTS_MAX));
+    post(get_media_for_fragment_list).layer(Extension(permits))
+}
+
+async fn get_media_for_fragment_list(
+    State(s): State<AppState>,
+    Extension(permits): Extension<Arc<Semaphore>>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let numbers = parse_fragment_list(&body)?;
+    let permit = permits.try_acquire_owned().map_err(|_| {
+        ApiError::ClientLimitExceeded("Too many fragment lists are streaming; retry later.".into())
+    })?;
+    let store = s.api.store.clone();
+    let (name, summaries) = {
+        let store = store.clone();
+        blocking(move || {
+            let info = resolve_stream(&store, &body)?;
+            let summaries = numbers
+                .iter()
+                .map(|n| store.fragment_summary(&info.name, *n))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((info.name, summaries))
+        })
+        .await?
+    };
+    let (tx, rx) = mpsc::channel(CHUNKS_BUFFERED_MAX);
+    tokio::spawn(stream_fragment_list(store, name, summaries, tx, permit));
+    Ok(matroska_response(rx))
+}
+
+/// The `Fragments` member: 1 to 1000 numbers; a well-formed number this server never issued is
+/// an unknown fragment.
+fn parse_fragment_list(body: &Members) -> Result<Vec<FragmentNumber>, ApiError> {
+    let texts = body
+        .string_list("Fragments", FRAGMENT_NUMBER, MEDIA_LIST_FRAGMENTS_MAX)?
+        .ok_or_else(|| ApiError::invalid("The required member Fragments is missing."))?;
+    texts
+        .iter()
+        .map(|text| {
+            text.parse::<FragmentNumber>().map_err(|_| {
+                ApiError::ResourceNotFound(format!("Fragment {text} was not found in the stream."))
+            })
+        })
+        .collect()
+}
+
+/// Writes the fragments one at a time while the client reads; ends early if it goes away.
+async fn stream_fragment_list(
+    store: Arc<Store>,
+    name: StreamName,
+    summaries: Vec<FragmentSummary>,
+    tx: mpsc::Sender<Bytes>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let mut writer = FragmentListWriter::default();
+    for summary in summaries {
+        let (store, name_for_read) = (store.clone(), name.clone());
+        let fragment = blocking(move || read_media(&store, &name_for_read, summary.number)).await;
+        let bytes = fragment.and_then(|fragment| {
+            writer
+                .write_fragment(&fragment, &fragment_list_tags(&summary))
+                .map_err(|e| {
+                    ApiError::InvalidMediaFrame(format!("Fragment {}: {e}", summary.number))
+                })
+        });
+        let chunk = match bytes {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::warn!(stream = %name, fragment = %summary.number, error = %error, "GetMediaForFragmentList stopped on an error.");
+                let tags = [
+                    (mkv::TAG_FRAGMENT_NUMBER, summary.number.to_string()),
+                    (
+                        mkv::TAG_EXCEPTION_ERROR_CODE,
+                        error.status().as_u16().to_string(),
+                    ),
+                    (mkv::TAG_EXCEPTION_MESSAGE, error.to_string()),
+                ];
+                let _ = tx.send(Bytes::from(mkv::write_tags_chunk(&tags))).await;
+                return;
+            }
+        };
+        if tx.send(Bytes::from(chunk)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The tags GetMediaForFragmentList puts before each fragment (its `_SIDE_` spellings).
+fn fragment_list_tags(summary: &FragmentSummary) -> [mkv::SimpleTag<'static>; 3] {
+    [
+        (mkv::TAG_FRAGMENT_NUMBER, summary.number.to_string()),
+        (
+            mkv::TAG_SERVER_SIDE_TIMESTAMP,
+            mkv::tag_timestamp(summary.server_timestamp.0),
+        ),
+        (
+            mkv::TAG_PRODUCER_SIDE_TIMESTAMP,
+            mkv::tag_timestamp(summary.producer_timestamp.0),
+        ),
+    ]
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ pub mod json;
 pub mod kinesis;
 mod kvs;
 mod put_media;
+mod media;
 pub mod sigv4;
 
 use std::sync::Arc;
@@ -107,6 +108,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/listFragments", post(archived::list_fragments))
         .route("/getClip", post(archived::get_clip))
         .route("/putMedia", post(put_media::put_media))
+        .route(
+            "/getMediaForFragmentList",
+            archived::media_for_fragment_list_route(),
+        )
+        .route("/getMedia", media::route())
         .merge(kinesis.unwrap_or_default())
         .fallback(unknown_operation)
         .layer(middleware::from_fn_with_state(

@@ -426,3 +426,91 @@ async fn get_clip_returns_mp4_or_not_found() {
     let too_long = call(&h, "/getClip", selector(1_700_000_000.0, 1_700_090_000.0)).await;
     assert_eq!(too_long.error_code(), "InvalidArgumentException");
 }
+
+/// Tag values in Matroska bytes: every `TagName` equal to `name`, followed by its `TagString`.
+fn matroska_tag_values(body: &[u8], name: &str) -> Vec<String> {
+    let mut needle = vec![0x45, 0xA3, 0x80 | name.len() as u8];
+    needle.extend_from_slice(name.as_bytes());
+    let mut values = Vec::new();
+    let mut at = 0;
+    while let Some(offset) = body[at..].windows(needle.len()).position(|w| w == needle) {
+        let value_at = at + offset + needle.len();
+        // TagString id (0x4487), a one-byte size, then the value.
+        let len = usize::from(body[value_at + 2] & 0x7F);
+        let value = &body[value_at + 3..value_at + 3 + len];
+        values.push(String::from_utf8_lossy(value).into_owned());
+        at = value_at;
+    }
+    values
+}
+
+#[tokio::test]
+async fn get_media_for_fragment_list_streams_the_fragments_in_the_order_asked() {
+    let h = harness(None);
+    create(&h, "cam").await;
+    for i in 0..3 {
+        append(&h, "cam", i, 1_700_000_000_000 + i * 1000).await;
+    }
+    let numbers: Vec<String> = (0..3)
+        .map(|i| crate::store::FragmentNumber(i).to_string())
+        .collect();
+    let asked = json!({"StreamName": "cam", "Fragments": [numbers[2], numbers[0]]});
+    let reply = call(&h, "/getMediaForFragmentList", asked).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers["content-type"], "video/webm");
+    assert_eq!(reply.body.get(..4), Some(&[0x1A, 0x45, 0xDF, 0xA3][..]));
+    assert_eq!(
+        matroska_tag_values(&reply.body, "AWS_KINESISVIDEO_FRAGMENT_NUMBER"),
+        [numbers[2].clone(), numbers[0].clone()]
+    );
+    assert_eq!(
+        matroska_tag_values(&reply.body, "AWS_KINESISVIDEO_PRODUCER_SIDE_TIMESTAMP"),
+        ["1700000002.000", "1700000000.000"]
+    );
+
+    let unknown = json!({"StreamName": "cam", "Fragments": [numbers[0], "10000000000000000099"]});
+    let reply = call(&h, "/getMediaForFragmentList", unknown).await;
+    assert_eq!(reply.error_code(), "ResourceNotFoundException");
+    for bad in [
+        json!({"StreamName": "cam", "Fragments": []}),
+        json!({"StreamName": "cam"}),
+    ] {
+        let reply = call(&h, "/getMediaForFragmentList", bad).await;
+        assert_eq!(reply.error_code(), "InvalidArgumentException");
+    }
+}
+
+#[tokio::test]
+async fn get_media_sends_chunks_after_a_fragment_then_ends_when_idle() {
+    let h = harness(None);
+    create(&h, "cam").await;
+    for i in 0..3 {
+        append(&h, "cam", i, 1_700_000_000_000 + i * 1000).await;
+    }
+    let first = crate::store::FragmentNumber(0).to_string();
+    let asked = json!({"StreamName": "cam", "StartSelector": {
+        "StartSelectorType": "FRAGMENT_NUMBER", "AfterFragmentNumber": first}});
+    let started = std::time::Instant::now();
+    let reply = call(&h, "/getMedia", asked).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers["content-type"], "video/webm");
+    assert!(started.elapsed().as_millis() >= u128::from(media::GET_MEDIA_IDLE_MS_MAX));
+    let later: Vec<String> = (1..3)
+        .map(|i| crate::store::FragmentNumber(i).to_string())
+        .collect();
+    assert_eq!(
+        matroska_tag_values(&reply.body, "AWS_KINESISVIDEO_FRAGMENT_NUMBER"),
+        later
+    );
+    assert_eq!(
+        matroska_tag_values(&reply.body, "AWS_KINESISVIDEO_CONTINUATION_TOKEN"),
+        later
+    );
+    assert_eq!(
+        matroska_tag_values(&reply.body, "AWS_KINESISVIDEO_MILLIS_BEHIND_NOW").len(),
+        2
+    );
+    let missing = json!({"StreamName": "nope", "StartSelector": {"StartSelectorType": "NOW"}});
+    let reply = call(&h, "/getMedia", missing).await;
+    assert_eq!(reply.error_code(), "ResourceNotFoundException");
+}

@@ -14,6 +14,7 @@
 
 pub mod h264;
 pub mod matroska_parse;
+pub mod matroska_write;
 pub mod mp4;
 mod payload;
 

@@ -339,6 +339,15 @@ impl Store {
         })
     }
 
+    /// The fragment's summary, from memory (no payload read).
+    pub fn fragment_summary(
+        &self,
+        name: &StreamName,
+        number: FragmentNumber,
+    ) -> Result<FragmentSummary, StoreError> {
+        self.stream(name)?.summary(number)
+    }
+
     /// The fragment's summary and exact payload (checksum verified).
     pub fn read_fragment(
         &self,

@@ -277,6 +277,19 @@ impl Stream {
             })
     }
 
+    /// The fragment's summary from the in-memory index, without reading its payload.
+    pub fn summary(&self, number: FragmentNumber) -> Result<FragmentSummary, StoreError> {
+        let state = self.lock_state();
+        let entry = state
+            .index
+            .get(number.0)
+            .ok_or_else(|| StoreError::FragmentNotFound {
+                stream: self.name.clone(),
+                number,
+            })?;
+        Ok(summarize(number.0, entry))
+    }
+
     pub fn read(&self, number: FragmentNumber) -> Result<(FragmentSummary, Bytes), StoreError> {
         let not_found = || StoreError::FragmentNotFound {
             stream: self.name.clone(),
