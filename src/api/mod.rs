@@ -22,6 +22,7 @@
 mod archived;
 mod auth;
 pub mod error;
+mod hls;
 pub mod json;
 pub mod kinesis;
 mod kvs;
@@ -34,7 +35,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::post;
+use axum::routing::{get, post};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
@@ -78,6 +79,7 @@ struct Shared {
     api: ApiState,
     verifier: Verifier,
     clip_permits: Semaphore,
+    hls: hls::HlsState,
 }
 
 type AppState = Arc<Shared>;
@@ -87,10 +89,12 @@ type AppState = Arc<Shared>;
 pub fn router(state: ApiState) -> Router {
     let kinesis = state.streams.clone().map(kinesis::router);
     let verifier = Verifier::new(&state.keys, &state.region, auth::SIGNING_SERVICES);
+    let hls = hls::HlsState::new(state.store.root());
     let shared = Arc::new(Shared {
         api: state,
         verifier,
         clip_permits: Semaphore::new(CLIP_REQUESTS_MAX),
+        hls,
     });
     Router::new()
         .route("/createStream", post(kvs::create_stream))
@@ -105,6 +109,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/listTagsForStream", post(kvs::list_tags_for_stream))
         .route("/listFragments", post(archived::list_fragments))
         .route("/getClip", post(archived::get_clip))
+        .route("/getHLSStreamingSessionURL", post(hls::get_session_url))
+        .route(
+            "/hls/v1/getHLSMasterPlaylist.m3u8",
+            get(hls::master_playlist),
+        )
+        .route("/hls/v1/getHLSMediaPlaylist.m3u8", get(hls::media_playlist))
+        .route("/hls/v1/getMP4InitFragment.mp4", get(hls::init_fragment))
+        .route("/hls/v1/getMP4MediaFragment.mp4", get(hls::media_fragment))
         .merge(kinesis.unwrap_or_default())
         .fallback(unknown_operation)
         .layer(middleware::from_fn_with_state(

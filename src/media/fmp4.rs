@@ -58,8 +58,9 @@ pub fn media_segment(fragment: &MediaFragment, sequence: u32) -> Result<Vec<u8>,
     let base_decode_ticks = u64::try_from(mp4::ticks(first.dts_us))
         .map_err(|_| MediaError::NonMonotonicTimestamps { index: 0 })?;
     let data_bytes: usize = fragment.samples.iter().map(|s| s.data.len()).sum();
-    let data_len = u32::try_from(data_bytes + 8)
-        .map_err(|_| MediaError::TooManySamples { count: samples.len() })?;
+    let data_len = u32::try_from(data_bytes + 8).map_err(|_| MediaError::TooManySamples {
+        count: samples.len(),
+    })?;
     let mut w = BoxWriter::new();
     w.open(b"moof");
     w.open_full(b"mfhd", 0, 0);
@@ -176,7 +177,10 @@ mod tests {
     }
 
     fn find(data: &[u8], fourcc: &[u8; 4]) -> usize {
-        data.windows(4).position(|w| w == fourcc).expect("box present") - 4
+        data.windows(4)
+            .position(|w| w == fourcc)
+            .expect("box present")
+            - 4
     }
 
     fn be32(data: &[u8], at: usize) -> u32 {
@@ -199,7 +203,10 @@ mod tests {
         let f = fragment(1_000_000, 3);
         let seg = media_segment(&f, 7).unwrap();
         let top = boxes(&seg);
-        assert_eq!(top.iter().map(|b| b.0).collect::<Vec<_>>(), [*b"moof", *b"mdat"]);
+        assert_eq!(
+            top.iter().map(|b| b.0).collect::<Vec<_>>(),
+            [*b"moof", *b"mdat"]
+        );
         let (_, moof_at, _) = top[0];
         let (_, mdat_at, mdat_len) = top[1];
         assert_eq!(mdat_len, 8 + 15);

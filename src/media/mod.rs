@@ -13,8 +13,8 @@
 //! (the payload comes off the network and off disk), so it is bounded by named limits and turns
 //! every malformed input into a typed [`MediaError`], never a panic.
 
-pub mod h264;
 pub mod fmp4;
+pub mod h264;
 pub mod mp4;
 mod payload;
 
