@@ -1,6 +1,7 @@
 //! HTTP surfaces in the AWS wire protocols, starting with Kinesis Video Streams (rest-json):
 //! the control plane (`kvs`: streams, retention, data endpoint) and archived media
-//! (`archived`: ListFragments, GetClip), exactly as boto3's `kinesisvideo` and
+//! (`archived`: ListFragments, GetClip; `hls`: HLS sessions, playlists and fMP4 segments under
+//! `/hls/v1/`, authorised by signed session tokens; `images`: GetImages), exactly as boto3's `kinesisvideo` and
 //! `kinesis-video-archived-media` clients call them.
 //!
 //! Owns request validation, the AWS error vocabulary (`error`: one mapping from [`StoreError`]
@@ -23,6 +24,7 @@ mod archived;
 mod auth;
 pub mod error;
 mod hls;
+mod images;
 pub mod json;
 pub mod kinesis;
 mod kvs;
@@ -110,6 +112,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/listFragments", post(archived::list_fragments))
         .route("/getClip", post(archived::get_clip))
         .route("/getHLSStreamingSessionURL", post(hls::get_session_url))
+        .route("/getImages", post(images::get_images))
         .route(
             "/hls/v1/getHLSMasterPlaylist.m3u8",
             get(hls::master_playlist),

@@ -144,3 +144,44 @@ def test_live_session_lists_the_newest_fragments(archived, recorded):
     stored = archived.list_fragments(StreamName=STREAM, MaxResults=1000)["Fragments"]
     newest = sorted(stored, key=lambda f: (f["ServerTimestamp"], f["FragmentNumber"]))[-3:]
     assert sorted(numbers) == sorted(f["FragmentNumber"] for f in newest)
+
+
+def image_size(data):
+    """(format, width, height) read from the JPEG or PNG header."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG", int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert data[:2] == b"\xff\xd8", "neither PNG nor JPEG"
+    at = 2
+    while at < len(data):
+        marker, length = data[at + 1], int.from_bytes(data[at + 2:at + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2):
+            return "JPEG", int.from_bytes(data[at + 7:at + 9], "big"), int.from_bytes(data[at + 5:at + 7], "big")
+        at += 2 + length
+    raise AssertionError("no JPEG frame header")
+
+
+@pytest.mark.parametrize("fmt,width,height", [("JPEG", 320, None), ("PNG", 200, 100)])
+def test_get_images_returns_decodable_images_of_the_asked_size(archived, recorded, tmp_path, fmt, width, height):
+    import base64
+    fragments = archived.list_fragments(StreamName=STREAM, MaxResults=1000)["Fragments"]
+    first = min(f["ProducerTimestamp"] for f in fragments).timestamp()
+    args = {"StreamName": STREAM, "ImageSelectorType": "PRODUCER_TIMESTAMP",
+            "StartTimestamp": first + 1, "EndTimestamp": first + 5, "SamplingInterval": 1000,
+            "Format": fmt, "WidthPixels": width, "MaxResults": 3}
+    if height:
+        args["HeightPixels"] = height
+    if fmt == "JPEG":
+        args["FormatConfig"] = {"JPEGQuality": "70"}
+    page = archived.get_images(**args)
+    assert len(page["Images"]) == 3 and page.get("NextToken")
+    rest = archived.get_images(**args, NextToken=page["NextToken"])
+    assert len(rest["Images"]) == 1 and not rest.get("NextToken")
+    for image in page["Images"] + rest["Images"]:
+        assert "Error" not in image, image
+        data = base64.b64decode(image["ImageContent"]) if isinstance(image["ImageContent"], str) else image["ImageContent"]
+        # 768x432 source: a width alone keeps the aspect ratio.
+        assert image_size(data) == (fmt, width, height or width * 432 // 768)
+        path = tmp_path / "frame"
+        path.write_bytes(data)
+        probed = ffprobe_json(path, "-show_entries", "stream=width,height")
+        assert probed["streams"][0]["width"] == width
