@@ -330,7 +330,7 @@ pub async fn list_tags_for_stream(
 }
 
 /// The stream the request names, if the principal may use it.
-fn resolve_authorized(
+pub(super) fn resolve_authorized(
     store: &Store,
     principal: &Principal,
     body: &Members,
@@ -351,7 +351,7 @@ fn authorize_name(principal: &Principal, name: &StreamName) -> Result<(), ApiErr
 }
 
 /// The Host header, checked to be a plain `host[:port]` so it is safe to hand back as a URL.
-fn request_host(headers: &HeaderMap) -> Result<String, ApiError> {
+pub(super) fn request_host(headers: &HeaderMap) -> Result<String, ApiError> {
     let host = headers
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())

@@ -1,6 +1,7 @@
 //! HTTP surfaces in the AWS wire protocols, starting with Kinesis Video Streams (rest-json):
 //! the control plane (`kvs`: streams, retention, data endpoint) and archived media
-//! (`archived`: ListFragments, GetClip), exactly as boto3's `kinesisvideo` and
+//! (`archived`: ListFragments, GetClip; `hls`: HLS sessions, playlists and fMP4 segments under
+//! `/hls/v1/`, authorised by signed session tokens; `images`: GetImages), exactly as boto3's `kinesisvideo` and
 //! `kinesis-video-archived-media` clients call them.
 //!
 //! Owns request validation, the AWS error vocabulary (`error`: one mapping from [`StoreError`]
@@ -22,6 +23,8 @@
 mod archived;
 mod auth;
 pub mod error;
+mod hls;
+mod images;
 pub mod json;
 pub mod kinesis;
 mod kvs;
@@ -36,7 +39,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::post;
+use axum::routing::{get, post};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
@@ -80,6 +83,7 @@ struct Shared {
     api: ApiState,
     verifier: Verifier,
     clip_permits: Semaphore,
+    hls: hls::HlsState,
 }
 
 type AppState = Arc<Shared>;
@@ -89,10 +93,12 @@ type AppState = Arc<Shared>;
 pub fn router(state: ApiState) -> Router {
     let kinesis = state.streams.clone().map(kinesis::router);
     let verifier = Verifier::new(&state.keys, &state.region, auth::SIGNING_SERVICES);
+    let hls = hls::HlsState::new(state.store.root());
     let shared = Arc::new(Shared {
         api: state,
         verifier,
         clip_permits: Semaphore::new(CLIP_REQUESTS_MAX),
+        hls,
     });
     Router::new()
         .route("/createStream", post(kvs::create_stream))
@@ -113,6 +119,15 @@ pub fn router(state: ApiState) -> Router {
             archived::media_for_fragment_list_route(),
         )
         .route("/getMedia", media::route())
+        .route("/getHLSStreamingSessionURL", post(hls::get_session_url))
+        .route("/getImages", post(images::get_images))
+        .route(
+            "/hls/v1/getHLSMasterPlaylist.m3u8",
+            get(hls::master_playlist),
+        )
+        .route("/hls/v1/getHLSMediaPlaylist.m3u8", get(hls::media_playlist))
+        .route("/hls/v1/getMP4InitFragment.mp4", get(hls::init_fragment))
+        .route("/hls/v1/getMP4MediaFragment.mp4", get(hls::media_fragment))
         .merge(kinesis.unwrap_or_default())
         .fallback(unknown_operation)
         .layer(middleware::from_fn_with_state(

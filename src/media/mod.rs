@@ -6,12 +6,14 @@
 //!   AVCDecoderConfigurationRecord) plus samples with timestamps, durations and keyframe flags,
 //!   and its versioned binary layout ([`MediaFragment::encode`], [`MediaFragment::decode`]);
 //! - H.264 helpers in [`h264`]: the avcC record, SPS dimensions, Annex-B to AVC conversion;
-//! - [`mp4::write_mp4`]: a standard progressive MP4 from stored fragments.
+//! - [`mp4::write_mp4`]: a standard progressive MP4 from stored fragments;
+//! - [`fmp4`]: fragmented MP4 init and media segments for HLS.
 //!
 //! May import only `crate::fragment` (and nothing at all today). Decoding reads outside input
 //! (the payload comes off the network and off disk), so it is bounded by named limits and turns
 //! every malformed input into a typed [`MediaError`], never a panic.
 
+pub mod fmp4;
 pub mod h264;
 pub mod matroska_parse;
 pub mod matroska_write;

@@ -111,7 +111,7 @@ impl Track {
 }
 
 /// Width and height from the fragment, or from its SPS when the fragment left them zero.
-fn dimensions(fragment: &MediaFragment) -> Result<(u16, u16), MediaError> {
+pub(super) fn dimensions(fragment: &MediaFragment) -> Result<(u16, u16), MediaError> {
     let (width, height) = if fragment.width == 0 || fragment.height == 0 {
         let size = h264::picture_size_from_avcc(&fragment.codec_config)?;
         (size.width, size.height)
@@ -124,13 +124,13 @@ fn dimensions(fragment: &MediaFragment) -> Result<(u16, u16), MediaError> {
     }
 }
 
-fn ticks(us: i64) -> i64 {
+pub(super) fn ticks(us: i64) -> i64 {
     // i128 keeps epoch microseconds times 90 000 from overflowing.
     (i128::from(us) * i128::from(TRACK_TIMESCALE) / 1_000_000) as i64
 }
 
 /// Sample deltas (from decoding times) and composition offsets (pts - dts), in ticks.
-fn timing(samples: &[&Sample]) -> Result<(Vec<u32>, Vec<i64>), MediaError> {
+pub(super) fn timing(samples: &[&Sample]) -> Result<(Vec<u32>, Vec<i64>), MediaError> {
     let mut deltas = Vec::with_capacity(samples.len());
     for (index, pair) in samples.windows(2).enumerate() {
         let delta = ticks(pair[1].dts_us) - ticks(pair[0].dts_us);
@@ -160,55 +160,55 @@ fn write_mdat_header(out: &mut Vec<u8>, header_len: u64, data_bytes: u64) {
 }
 
 /// Builds boxes in one buffer: `open` writes a size placeholder, `close` patches it.
-struct BoxWriter {
-    buf: Vec<u8>,
+pub(super) struct BoxWriter {
+    pub(super) buf: Vec<u8>,
     open: Vec<usize>,
 }
 
 impl BoxWriter {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             buf: Vec::new(),
             open: Vec::new(),
         }
     }
 
-    fn open(&mut self, fourcc: &[u8; 4]) {
+    pub(super) fn open(&mut self, fourcc: &[u8; 4]) {
         self.open.push(self.buf.len());
         self.buf.extend_from_slice(&[0; 4]);
         self.buf.extend_from_slice(fourcc);
     }
 
     /// A full box: version and 24-bit flags follow the type.
-    fn open_full(&mut self, fourcc: &[u8; 4], version: u8, flags: u32) {
+    pub(super) fn open_full(&mut self, fourcc: &[u8; 4], version: u8, flags: u32) {
         self.open(fourcc);
         self.u32((u32::from(version) << 24) | (flags & 0x00ff_ffff));
     }
 
-    fn close(&mut self) {
+    pub(super) fn close(&mut self) {
         if let Some(start) = self.open.pop() {
             let len = (self.buf.len() - start) as u32;
             self.buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
         }
     }
 
-    fn u16(&mut self, v: u16) {
+    pub(super) fn u16(&mut self, v: u16) {
         self.buf.extend_from_slice(&v.to_be_bytes());
     }
 
-    fn u32(&mut self, v: u32) {
+    pub(super) fn u32(&mut self, v: u32) {
         self.buf.extend_from_slice(&v.to_be_bytes());
     }
 
-    fn u64(&mut self, v: u64) {
+    pub(super) fn u64(&mut self, v: u64) {
         self.buf.extend_from_slice(&v.to_be_bytes());
     }
 
-    fn bytes(&mut self, v: &[u8]) {
+    pub(super) fn bytes(&mut self, v: &[u8]) {
         self.buf.extend_from_slice(v);
     }
 
-    fn matrix(&mut self) {
+    pub(super) fn matrix(&mut self) {
         for v in [0x0001_0000, 0, 0, 0, 0x0001_0000, 0, 0, 0, 0x4000_0000u32] {
             self.u32(v);
         }
@@ -234,7 +234,7 @@ fn moov(track: &Track, chunk_offsets: &[u64], use_co64: bool) -> Vec<u8> {
     w.open(b"moov");
     mvhd(&mut w, movie_duration);
     w.open(b"trak");
-    tkhd(&mut w, track, movie_duration);
+    tkhd(&mut w, (track.width, track.height), movie_duration);
     w.open(b"mdia");
     mdhd_and_hdlr(&mut w, track.duration_ticks);
     w.open(b"minf");
@@ -247,7 +247,7 @@ fn moov(track: &Track, chunk_offsets: &[u64], use_co64: bool) -> Vec<u8> {
     w.buf
 }
 
-fn mvhd(w: &mut BoxWriter, duration: u64) {
+pub(super) fn mvhd(w: &mut BoxWriter, duration: u64) {
     w.open_full(b"mvhd", 1, 0);
     w.u64(0); // creation time
     w.u64(0); // modification time
@@ -262,7 +262,7 @@ fn mvhd(w: &mut BoxWriter, duration: u64) {
     w.close();
 }
 
-fn tkhd(w: &mut BoxWriter, track: &Track, duration: u64) {
+pub(super) fn tkhd(w: &mut BoxWriter, (width, height): (u16, u16), duration: u64) {
     w.open_full(b"tkhd", 1, 0x3); // enabled, in movie
     w.u64(0);
     w.u64(0);
@@ -275,12 +275,12 @@ fn tkhd(w: &mut BoxWriter, track: &Track, duration: u64) {
     w.u16(0); // volume
     w.u16(0);
     w.matrix();
-    w.u32(u32::from(track.width) << 16);
-    w.u32(u32::from(track.height) << 16);
+    w.u32(u32::from(width) << 16);
+    w.u32(u32::from(height) << 16);
     w.close();
 }
 
-fn mdhd_and_hdlr(w: &mut BoxWriter, duration_ticks: u64) {
+pub(super) fn mdhd_and_hdlr(w: &mut BoxWriter, duration_ticks: u64) {
     w.open_full(b"mdhd", 1, 0);
     w.u64(0);
     w.u64(0);
@@ -297,7 +297,7 @@ fn mdhd_and_hdlr(w: &mut BoxWriter, duration_ticks: u64) {
     w.close();
 }
 
-fn vmhd_and_dinf(w: &mut BoxWriter) {
+pub(super) fn vmhd_and_dinf(w: &mut BoxWriter) {
     w.open_full(b"vmhd", 0, 1);
     w.bytes(&[0; 8]); // graphics mode, opcolor
     w.close();
@@ -312,7 +312,7 @@ fn vmhd_and_dinf(w: &mut BoxWriter) {
 
 fn stbl(w: &mut BoxWriter, track: &Track, chunk_offsets: &[u64], use_co64: bool) {
     w.open(b"stbl");
-    stsd(w, track);
+    stsd(w, (track.width, track.height), &track.codec_config);
     stts(w, &track.deltas);
     ctts(w, &track.composition_offsets);
     w.open_full(b"stss", 0, 0);
@@ -329,15 +329,15 @@ fn stbl(w: &mut BoxWriter, track: &Track, chunk_offsets: &[u64], use_co64: bool)
     w.close();
 }
 
-fn stsd(w: &mut BoxWriter, track: &Track) {
+pub(super) fn stsd(w: &mut BoxWriter, (width, height): (u16, u16), codec_config: &[u8]) {
     w.open_full(b"stsd", 0, 0);
     w.u32(1);
     w.open(b"avc1");
     w.bytes(&[0; 6]);
     w.u16(1); // data reference index
     w.bytes(&[0; 16]); // pre_defined and reserved
-    w.u16(track.width);
-    w.u16(track.height);
+    w.u16(width);
+    w.u16(height);
     w.u32(0x0048_0000); // 72 dpi
     w.u32(0x0048_0000);
     w.u32(0);
@@ -346,7 +346,7 @@ fn stsd(w: &mut BoxWriter, track: &Track) {
     w.u16(0x0018); // depth
     w.u16(0xffff); // pre_defined -1
     w.open(b"avcC");
-    w.bytes(&track.codec_config);
+    w.bytes(codec_config);
     w.close();
     w.close();
     w.close();

@@ -92,6 +92,11 @@ impl Store {
         Ok(Arc::new(store))
     }
 
+    /// The data directory the store lives in (other server state, such as keys, sits beside it).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Opens one stream directory; `None` for one left half-created by a crash.
     fn open_existing(&self, dir: &Path) -> Result<Option<Arc<Stream>>, StoreError> {
         let Some(name) = dir
