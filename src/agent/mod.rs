@@ -14,9 +14,13 @@
 //! sent first, oldest first, by the backlog uplinks (`backlog`), under its original identity,
 //! while new capture goes on. File sources are not spooled: the file itself is the durable
 //! copy, and a restarted replay yields the same identities.
+//! `check` runs `hydrant agent --check`: the TLS files parse and each pipeline plays for about a
+//! second, with nothing sent. The agent presents its device certificate (`cert`, `key`) to the
+//! server; a server that refuses the device ends the run with an error instead of retrying.
 //! This module holds no protocol logic (that is `wire`) and no media logic (that is `capture`).
 
 mod backlog;
+mod check;
 mod session;
 
 use std::path::PathBuf;
@@ -31,9 +35,10 @@ use crate::capture::{
 use crate::config::{AgentSettings, CameraSettings};
 use crate::fragment::{Fragment, FragmentId, FragmentMeta, StreamName, UnixMillis};
 use crate::spool::{Admission, Spool, SpoolConfig, SpoolError, SpoolStats};
-use crate::transport::{self, ServerTrust, UplinkOptions};
+use crate::transport::{self, ClientIdentity, ServerTrust, UplinkOptions};
 use crate::wire::{StreamOpen, UplinkConfig, UplinkEvent};
 
+pub use check::{CHECK_FIRST_VIDEO_TIMEOUT_MS, CHECK_RUN_MS, CheckLine, CheckReport, check};
 pub use session::{ProducerSession, SessionError};
 
 /// Fragments waiting between the capture pipelines and the uplink.
@@ -272,9 +277,17 @@ fn uplink_options(settings: &AgentSettings) -> UplinkOptions {
             pin_file: settings.spool_dir.join("server-certificate.sha256"),
         },
     };
+    let client = match (&settings.cert, &settings.key) {
+        (Some(cert), Some(key)) => Some(ClientIdentity {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
     UplinkOptions {
         server: settings.server.clone(),
         trust,
+        client,
         uplink: UplinkConfig {
             agent: settings.agent_name.clone(),
             pending_fragments_max: settings.pending_fragments_max as usize,

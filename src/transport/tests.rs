@@ -310,7 +310,7 @@ async fn uplink_survives_a_server_restart_on_the_same_port() {
 /// A raw client that speaks the protocol by hand.
 async fn raw_connect(addr: SocketAddr, identity: &ServerIdentity) -> quinn::Connection {
     let mut endpoint = quinn::Endpoint::client(any_port()).unwrap();
-    endpoint.set_default_client_config(client_config(&ca_trust(identity)).unwrap());
+    endpoint.set_default_client_config(client_config(&ca_trust(identity), None).unwrap());
     endpoint.connect(addr, "localhost").unwrap().await.unwrap()
 }
 
@@ -539,7 +539,7 @@ async fn trust_first_seen_pins_and_then_refuses_another_identity() {
     assert_eq!(pin.trim().len(), 64);
 
     let mut endpoint = quinn::Endpoint::client(any_port()).unwrap();
-    endpoint.set_default_client_config(client_config(&trust).unwrap());
+    endpoint.set_default_client_config(client_config(&trust, None).unwrap());
     let refused = endpoint.connect(server_b.addr, "localhost").unwrap().await;
     assert!(refused.is_err(), "a different server identity was accepted");
     let accepted = endpoint.connect(server_a.addr, "localhost").unwrap().await;
