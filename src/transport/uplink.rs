@@ -99,11 +99,15 @@ enum Io {
 /// What the agent is told when the server wants a certificate it did not present.
 const NO_CERTIFICATE_MESSAGE: &str = "the server requires a client certificate: issue one with `hydrant certs issue --device NAME --streams A,B --out DIR` on the server and pass --cert DIR/NAME.crt --key DIR/NAME.key (or the agent config keys cert and key)";
 
-/// TLS alerts (RFC 8446) by which a server refuses a client certificate.
+/// TLS alerts (RFC 8446) by which a server refuses a client certificate. A certificate from
+/// another Hydrant CA (same issuer name, other key) fails its signature check: decrypt_error.
 const ALERT_BAD_CERTIFICATE: u8 = 42;
+const ALERT_UNSUPPORTED_CERTIFICATE: u8 = 43;
 const ALERT_CERTIFICATE_REVOKED: u8 = 44;
 const ALERT_CERTIFICATE_EXPIRED: u8 = 45;
+const ALERT_CERTIFICATE_UNKNOWN: u8 = 46;
 const ALERT_UNKNOWN_CA: u8 = 48;
+const ALERT_DECRYPT_ERROR: u8 = 51;
 const ALERT_CERTIFICATE_REQUIRED: u8 = 116;
 
 /// Whether the server closed the connection because of who this agent is, and in what words.
@@ -123,14 +127,18 @@ fn identity_refusal(error: &quinn::ConnectionError, has_certificate: bool) -> Op
             let alert = |a: u8| close.error_code == quinn::TransportErrorCode::crypto(a);
             if alert(ALERT_CERTIFICATE_REQUIRED) || (!has_certificate && alert(ALERT_BAD_CERTIFICATE)) {
                 Some(NO_CERTIFICATE_MESSAGE.to_owned())
-            } else if [
-                ALERT_BAD_CERTIFICATE,
-                ALERT_CERTIFICATE_REVOKED,
-                ALERT_CERTIFICATE_EXPIRED,
-                ALERT_UNKNOWN_CA,
-            ]
-            .into_iter()
-            .any(alert)
+            } else if has_certificate
+                && [
+                    ALERT_BAD_CERTIFICATE,
+                    ALERT_UNSUPPORTED_CERTIFICATE,
+                    ALERT_CERTIFICATE_REVOKED,
+                    ALERT_CERTIFICATE_EXPIRED,
+                    ALERT_CERTIFICATE_UNKNOWN,
+                    ALERT_UNKNOWN_CA,
+                    ALERT_DECRYPT_ERROR,
+                ]
+                .into_iter()
+                .any(alert)
             {
                 Some(format!(
                     "the server refused this device's certificate ({close}): was it issued by `hydrant certs issue` with this server's data directory?"
