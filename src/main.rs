@@ -307,7 +307,11 @@ fn run_certs(args: CertsArgs) -> anyhow::Result<ExitCode> {
     match args.action {
         CertsAction::Init => {
             let status = certs::init_ca(&tls)?;
-            let verb = if status.created { "created" } else { "kept the existing" };
+            let verb = if status.created {
+                "created"
+            } else {
+                "kept the existing"
+            };
             println!("hydrant certs: {verb} CA {}", status.ca_pem.display());
         }
         CertsAction::Issue {

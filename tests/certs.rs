@@ -20,11 +20,24 @@ fn issue(server: &ServerProcess, device: &str, streams: &str) -> Vec<OsString> {
     let out = server.dir.path().join(format!("certs-{device}"));
     let out_arg = out.to_string_lossy().into_owned();
     let result = server.certs(&[
-        "issue", "--device", device, "--streams", streams, "--out", &out_arg,
+        "issue",
+        "--device",
+        device,
+        "--streams",
+        streams,
+        "--out",
+        &out_arg,
     ]);
     assert_success("certs issue", &result);
-    for file in [format!("{device}.crt"), format!("{device}.key"), "ca.pem".into()] {
-        assert!(out.join(&file).is_file(), "certs issue did not write {file}");
+    for file in [
+        format!("{device}.crt"),
+        format!("{device}.key"),
+        "ca.pem".into(),
+    ] {
+        assert!(
+            out.join(&file).is_file(),
+            "certs issue did not write {file}"
+        );
     }
     vec![
         "--cert".into(),
@@ -95,9 +108,15 @@ fn a_registered_device_sends_its_clip_and_an_agent_without_a_certificate_is_refu
     let mut server = ServerProcess::start_secure(AUTO_CREATE);
     let cert_args = issue(&server, "cam1", "front");
 
-    let anonymous = AgentProcess::start(&clip_run(&server, "front", "anonymous"));
+    // A live source: the agent must stop by itself, not capture forever while refused.
+    let mut live = clip_run(&server, "front", "anonymous");
+    live.source = "test".to_owned();
+    let anonymous = AgentProcess::start(&live);
     let (status, _, log) = anonymous.wait_with_log(AGENT_EXIT_TIMEOUT);
-    assert!(!status.success(), "an agent without a certificate must fail");
+    assert!(
+        !status.success(),
+        "an agent without a certificate must fail"
+    );
     assert!(
         log.contains("the server requires a client certificate")
             && log.contains("hydrant certs issue"),
@@ -106,10 +125,17 @@ fn a_registered_device_sends_its_clip_and_an_agent_without_a_certificate_is_refu
 
     let agent = AgentProcess::start_with(&clip_run(&server, "front", "cam1"), &cert_args);
     let (status, stdout) = agent.wait(AGENT_EXIT_TIMEOUT);
-    assert!(status.success(), "device agent failed: {stdout}\n{}", server.log());
+    assert!(
+        status.success(),
+        "device agent failed: {stdout}\n{}",
+        server.log()
+    );
     let persisted = persisted_count(&stdout);
     assert!(persisted >= 2, "{stdout}");
-    assert!(server.log().contains("device=cam1"), "the server names the device");
+    assert!(
+        server.log().contains("device=cam1"),
+        "the server names the device"
+    );
 
     server.kill();
     assert_eq!(stored_count(&server.data_dir(), "front"), persisted);
@@ -177,7 +203,10 @@ fn revoking_a_device_refuses_its_next_connection_without_a_restart() {
     let (status, stdout) = first.wait(AGENT_EXIT_TIMEOUT);
     assert!(status.success(), "before revocation: {stdout}");
 
-    assert_success("certs revoke", &server.certs(&["revoke", "--device", "cam1"]));
+    assert_success(
+        "certs revoke",
+        &server.certs(&["revoke", "--device", "cam1"]),
+    );
 
     let second = AgentProcess::start_with(&clip_run(&server, "front", "cam1-b"), &cam1);
     let (status, _, log) = second.wait_with_log(AGENT_EXIT_TIMEOUT);
@@ -216,7 +245,15 @@ fn agent_check_passes_for_the_test_source_and_a_file_and_names_a_missing_file() 
     let out_arg = out.to_string_lossy().into_owned();
     assert_success(
         "certs issue",
-        &certs(&["issue", "--device", "cam1", "--streams", "live,clip", "--out", &out_arg]),
+        &certs(&[
+            "issue",
+            "--device",
+            "cam1",
+            "--streams",
+            "live,clip",
+            "--out",
+            &out_arg,
+        ]),
     );
     let clip_source = format!("file:{}", clip(CLIP).display());
     let missing = dir.path().join("no-such-clip.mp4");
@@ -237,7 +274,12 @@ fn agent_check_passes_for_the_test_source_and_a_file_and_names_a_missing_file() 
     let output = check(&good);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "check failed: {stdout}");
-    for prefix in ["ca ", "device certificate ", "camera live (test)", "camera clip (file:"] {
+    for prefix in [
+        "ca ",
+        "device certificate ",
+        "camera live (test)",
+        "camera clip (file:",
+    ] {
         let line = stdout.lines().find(|l| l.starts_with(prefix));
         assert!(
             line.is_some_and(|l| l.contains(": OK")),

@@ -275,7 +275,11 @@ impl AgentProcess {
     pub fn wait_with_log(self, timeout: Duration) -> (ExitStatus, String, String) {
         let log = self.log.clone();
         let (status, stdout) = self.wait(timeout);
-        (status, stdout, std::fs::read_to_string(log).unwrap_or_default())
+        (
+            status,
+            stdout,
+            std::fs::read_to_string(log).unwrap_or_default(),
+        )
     }
 
     pub fn kill(mut self) {

@@ -74,7 +74,11 @@ fn tls_lines(settings: &AgentSettings) -> Vec<CheckLine> {
     }
     if let (Some(cert), Some(key)) = (&settings.cert, &settings.key) {
         lines.push(CheckLine {
-            subject: format!("device certificate {} and key {}", cert.display(), key.display()),
+            subject: format!(
+                "device certificate {} and key {}",
+                cert.display(),
+                key.display()
+            ),
             outcome: certs::check_client_identity(cert, key)
                 .map(|()| "parse".to_owned())
                 .map_err(|e| e.to_string()),
@@ -99,7 +103,8 @@ async fn check_camera(camera: &CameraSettings, settings: &AgentSettings) -> Resu
         channel_fragments_max: CHECK_CHANNEL_FRAGMENTS_MAX,
     };
     let started = Instant::now();
-    let (capture, mut events) = Capture::start(config, UnixMillis::now()).map_err(|e| e.to_string())?;
+    let (capture, mut events) =
+        Capture::start(config, UnixMillis::now()).map_err(|e| e.to_string())?;
     let outcome = watch(&mut events, started).await;
     capture.stop();
     outcome

@@ -65,12 +65,19 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Session(#[from] SessionError),
+    // Not a `source`: the message already carries it, and error chains would print it twice.
     #[error("uplink failed: {0}")]
-    Uplink(#[from] transport::TransportError),
+    Uplink(transport::TransportError),
     #[error("spool: {0}")]
     Spool(#[from] SpoolError),
     #[error("opening the spool did not finish: {0}")]
     SpoolTask(String),
+}
+
+impl From<transport::TransportError> for AgentError {
+    fn from(e: transport::TransportError) -> Self {
+        Self::Uplink(e)
+    }
 }
 
 /// The spool, shared by the cameras (appends) and the report collector (releases). Each holder
@@ -349,6 +356,7 @@ async fn run_camera(
                 stream: camera.stream.clone(),
                 error,
             })?;
+        let mut uplink_gone = false;
         let outcome = loop {
             tokio::select! {
                 event = captured.recv() => match event {
@@ -356,7 +364,9 @@ async fn run_camera(
                         let fragment = to_fragment(&camera.stream, session.epoch, sequence, f);
                         sequence += 1;
                         if !outlet.send(fragment).await {
-                            break Ok(()); // the uplink stopped (shutdown)
+                            // The uplink stopped: shutdown, or the server refused this agent.
+                            uplink_gone = true;
+                            break Ok(());
                         }
                     }
                     Some(CaptureEvent::EndOfStream) | None => break Ok(()),
@@ -367,7 +377,7 @@ async fn run_camera(
         };
         capture.stop();
         match outcome {
-            Ok(()) if !live || *shutdown.borrow() => return Ok(()),
+            Ok(()) if uplink_gone || !live || *shutdown.borrow() => return Ok(()),
             Ok(()) => tracing::warn!(stream = %camera.stream, "live source ended; restarting it"),
             Err(error) if !live => {
                 return Err(AgentError::Capture {

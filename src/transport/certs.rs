@@ -163,7 +163,10 @@ mod tests {
         let out = data.path().join("out");
         let streams = vec![StreamName::new("a").unwrap()];
         let missing = issue_device(&tls, &device, streams.clone(), &out, 1);
-        assert!(matches!(missing, Err(TransportError::NoCa { .. })), "{missing:?}");
+        assert!(
+            matches!(missing, Err(TransportError::NoCa { .. })),
+            "{missing:?}"
+        );
 
         assert!(init_ca(&tls).unwrap().created);
         assert!(!init_ca(&tls).unwrap().created, "init keeps an existing CA");
@@ -189,7 +192,8 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let other_tls = tls_dir(other.path());
         init_ca(&other_tls).unwrap();
-        let foreign = issue_device(&other_tls, &device, vec![], &other.path().join("o"), 1).unwrap();
+        let foreign =
+            issue_device(&other_tls, &device, vec![], &other.path().join("o"), 1).unwrap();
         assert!(
             verifier(&tls)
                 .verify_client_cert(&der(&foreign.cert), &[], UnixTime::now())

@@ -345,8 +345,12 @@ impl DeviceDirectory {
             cached.registry = load(&self.path);
             cached.stamp = now;
             match &cached.registry {
-                Ok(r) => tracing::info!(path = %self.path.display(), devices = r.len(), "device registry reloaded"),
-                Err(e) => tracing::error!(path = %self.path.display(), error = %e, "device registry unreadable: refusing every device"),
+                Ok(r) => {
+                    tracing::info!(path = %self.path.display(), devices = r.len(), "device registry reloaded")
+                }
+                Err(e) => {
+                    tracing::error!(path = %self.path.display(), error = %e, "device registry unreadable: refusing every device")
+                }
             }
         }
         cached.registry.clone()
@@ -374,7 +378,16 @@ mod tests {
         for good in ["cam1", "Front-Door_2.local", "0"] {
             assert!(DeviceName::new(good).is_ok(), "{good}");
         }
-        for bad in ["", ".", "..", "-x", ".hidden", "a/b", "a b", &"x".repeat(65)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "-x",
+            ".hidden",
+            "a/b",
+            "a b",
+            &"x".repeat(65),
+        ] {
             assert!(DeviceName::new(bad).is_err(), "{bad:?}");
         }
     }
@@ -459,6 +472,9 @@ mod tests {
             directory.authorise(cert),
             Err(Refusal::RegistryUnreadable(_))
         ));
-        assert_eq!(read_registry(&dir.path().join("none.json")).unwrap().len(), 0);
+        assert_eq!(
+            read_registry(&dir.path().join("none.json")).unwrap().len(),
+            0
+        );
     }
 }

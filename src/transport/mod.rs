@@ -68,7 +68,9 @@ pub enum TransportError {
     Write(#[from] quinn::WriteError),
     #[error("stream read failed: {0}")]
     Read(String),
-    #[error("no CA in {dir}: run `hydrant certs init` (or start the server once) with this data directory")]
+    #[error(
+        "no CA in {dir}: run `hydrant certs init` (or start the server once) with this data directory"
+    )]
     NoCa { dir: String },
     #[error("the CA in {dir} is incomplete (ca.pem and ca.key must both be there)")]
     IncompleteCa { dir: String },

@@ -668,7 +668,13 @@ async fn a_device_writes_its_streams_and_is_refused_the_others() {
     let devices = Devices::new();
     let client = devices.issue("cam1", &["cam"], "out");
     let sink = Arc::new(TestSink::default());
-    let server = Server::start(any_port(), &devices.identity, devices.config(), sink.clone()).await;
+    let server = Server::start(
+        any_port(),
+        &devices.identity,
+        devices.config(),
+        sink.clone(),
+    )
+    .await;
     let mut agent = start_device_agent(server.addr, &devices, Some(client), &["cam", "other"]);
     let tx = agent.fragments.clone();
     tx.send(fragment("other", 0, 10)).await.unwrap();
@@ -689,7 +695,13 @@ async fn a_device_writes_its_streams_and_is_refused_the_others() {
 async fn an_agent_without_a_certificate_is_told_to_get_one() {
     let devices = Devices::new();
     let sink = Arc::new(TestSink::default());
-    let server = Server::start(any_port(), &devices.identity, devices.config(), sink.clone()).await;
+    let server = Server::start(
+        any_port(),
+        &devices.identity,
+        devices.config(),
+        sink.clone(),
+    )
+    .await;
     let agent = start_device_agent(server.addr, &devices, None, &["cam"]);
     let reason = refusal_of(agent).await;
     assert!(
@@ -705,18 +717,39 @@ async fn revoked_and_superseded_certificates_are_refused_without_a_restart() {
     let old = devices.issue("cam1", &["cam"], "old");
     let current = devices.issue("cam1", &["cam"], "new");
     let sink = Arc::new(TestSink::default());
-    let server = Server::start(any_port(), &devices.identity, devices.config(), sink.clone()).await;
+    let server = Server::start(
+        any_port(),
+        &devices.identity,
+        devices.config(),
+        sink.clone(),
+    )
+    .await;
 
-    let reason = refusal_of(start_device_agent(server.addr, &devices, Some(old), &["cam"])).await;
+    let reason = refusal_of(start_device_agent(
+        server.addr,
+        &devices,
+        Some(old),
+        &["cam"],
+    ))
+    .await;
     assert!(reason.contains("not registered"), "{reason}");
 
     let mut agent = start_device_agent(server.addr, &devices, Some(current.clone()), &["cam"]);
     agent.fragments.send(fragment("cam", 0, 10)).await.unwrap();
-    assert!(matches!(agent.next_report().await, UplinkEvent::Persisted { .. }));
+    assert!(matches!(
+        agent.next_report().await,
+        UplinkEvent::Persisted { .. }
+    ));
     agent.finish().await;
 
     certs::revoke_device(&devices.tls, &DeviceName::new("cam1").unwrap(), 2).unwrap();
-    let reason = refusal_of(start_device_agent(server.addr, &devices, Some(current), &["cam"])).await;
+    let reason = refusal_of(start_device_agent(
+        server.addr,
+        &devices,
+        Some(current),
+        &["cam"],
+    ))
+    .await;
     assert!(reason.contains("cam1 is revoked"), "{reason}");
     server.stop().await;
 }
@@ -727,9 +760,24 @@ async fn a_certificate_from_another_ca_is_refused_in_the_handshake() {
     let foreign = Devices::new();
     let client = foreign.issue("cam1", &["cam"], "out");
     let sink = Arc::new(TestSink::default());
-    let server = Server::start(any_port(), &devices.identity, devices.config(), sink.clone()).await;
-    let reason = refusal_of(start_device_agent(server.addr, &devices, Some(client), &["cam"])).await;
-    assert!(reason.contains("refused this device's certificate"), "{reason}");
+    let server = Server::start(
+        any_port(),
+        &devices.identity,
+        devices.config(),
+        sink.clone(),
+    )
+    .await;
+    let reason = refusal_of(start_device_agent(
+        server.addr,
+        &devices,
+        Some(client),
+        &["cam"],
+    ))
+    .await;
+    assert!(
+        reason.contains("refused this device's certificate"),
+        "{reason}"
+    );
     assert!(sink.stored.lock().unwrap().is_empty());
     server.stop().await;
 }

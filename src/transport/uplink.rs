@@ -125,7 +125,9 @@ fn identity_refusal(error: &quinn::ConnectionError, has_certificate: bool) -> Op
         }
         quinn::ConnectionError::ConnectionClosed(close) => {
             let alert = |a: u8| close.error_code == quinn::TransportErrorCode::crypto(a);
-            if alert(ALERT_CERTIFICATE_REQUIRED) || (!has_certificate && alert(ALERT_BAD_CERTIFICATE)) {
+            if alert(ALERT_CERTIFICATE_REQUIRED)
+                || (!has_certificate && alert(ALERT_BAD_CERTIFICATE))
+            {
                 Some(NO_CERTIFICATE_MESSAGE.to_owned())
             } else if has_certificate
                 && [
@@ -312,11 +314,18 @@ impl Shell {
         let has_certificate = self.has_certificate;
         tokio::spawn(async move {
             let attempt = async {
-                let refused = |e: quinn::ConnectionError| match identity_refusal(&e, has_certificate) {
-                    Some(reason) => Io::Refused { reason },
-                    None => Io::ConnectFailed { generation, error: e.to_string() },
-                };
-                let connecting = connecting.map_err(|e| Io::ConnectFailed { generation, error: e.to_string() })?;
+                let refused =
+                    |e: quinn::ConnectionError| match identity_refusal(&e, has_certificate) {
+                        Some(reason) => Io::Refused { reason },
+                        None => Io::ConnectFailed {
+                            generation,
+                            error: e.to_string(),
+                        },
+                    };
+                let connecting = connecting.map_err(|e| Io::ConnectFailed {
+                    generation,
+                    error: e.to_string(),
+                })?;
                 let connection = connecting.await.map_err(refused)?;
                 let (control, recv) = connection.open_bi().await.map_err(refused)?;
                 Ok::<_, Io>((connection, control, recv))
