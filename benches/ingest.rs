@@ -125,6 +125,7 @@ fn uplink_options(server: &Server) -> UplinkOptions {
     UplinkOptions {
         server: server.quic_addr.to_string(),
         trust: ServerTrust::CaFile(server.ca_pem.clone()),
+        client: None,
         uplink: UplinkConfig {
             agent: "bench".to_owned(),
             pending_fragments_max: 64,

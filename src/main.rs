@@ -33,6 +33,40 @@ enum Command {
     /// Person detection tools.
     #[command(subcommand)]
     Detect(DetectCommand),
+    /// Manage device identities: the server CA, device certificates, revocation.
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CertsArgs {
+    /// The server's data directory (its tls/ holds the CA and the device registry).
+    #[arg(long, env = "HYDRANT_DATA_DIR", default_value = "hydrant-data")]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    action: CertsAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsAction {
+    /// Create the server CA (kept if there is one; the server also creates it at first start).
+    Init,
+    /// Issue a client certificate for a device, allowed to write the given streams.
+    Issue {
+        /// Device name (letters, digits, '_', '.', '-').
+        #[arg(long)]
+        device: String,
+        /// Streams the device may write, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        streams: Vec<String>,
+        /// Where to write NAME.crt, NAME.key and ca.pem.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Revoke a device: a running server refuses it from its next connection on.
+    Revoke {
+        #[arg(long)]
+        device: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +139,12 @@ struct AgentArgs {
     /// Development mode: trust and pin the first server certificate seen.
     #[arg(long)]
     trust_first_cert: bool,
+    /// This device's certificate (NAME.crt from `hydrant certs issue`).
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// This device's private key (NAME.key).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
     /// Stream to send to (with --source: replaces the cameras of the config file).
     #[arg(long, requires = "source")]
     stream: Option<String>,
@@ -117,6 +157,10 @@ struct AgentArgs {
     /// Agent state directory.
     #[arg(long)]
     spool_dir: Option<PathBuf>,
+    /// Check the config, the TLS files and each camera's pipeline (about a second each, nothing
+    /// sent), print one line per item, exit 0 only if all pass.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -162,8 +206,11 @@ fn init_logging(default_filter: &str) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("HYDRANT_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // Colours only on a terminal: logs written to files stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
 }
@@ -172,6 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Server(args) => run_server(args).await,
         Command::Agent(args) => run_agent(args).await,
+        Command::Certs(args) => run_certs(args),
         Command::Demo(args) => {
             hydrant::demo::run(hydrant::demo::DemoOptions {
                 fast: args.fast,
@@ -298,6 +346,10 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         cfg.ca = Some(ca);
     }
     cfg.trust_first_certificate |= args.trust_first_cert;
+    if let (Some(cert), Some(key)) = (args.cert, args.key) {
+        cfg.cert = Some(cert);
+        cfg.key = Some(key);
+    }
     if cfg.trust_first_certificate && args.config.is_none() && cfg.ca.is_none() {
         tracing::warn!(
             "development mode: the first server certificate seen will be trusted and pinned"
@@ -316,6 +368,17 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         cfg.cameras.iter_mut().for_each(|c| c.fast = true);
     }
     let settings = cfg.resolve()?;
+    if args.check {
+        let report = hydrant::agent::check(&settings).await;
+        for line in &report.lines {
+            println!("{line}");
+        }
+        return Ok(if report.passed() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -346,6 +409,55 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn run_certs(args: CertsArgs) -> anyhow::Result<ExitCode> {
+    use hydrant::transport::{DeviceName, certs};
+    let tls = certs::tls_dir(&args.data_dir);
+    let now_ms = hydrant::fragment::UnixMillis::now().0;
+    match args.action {
+        CertsAction::Init => {
+            let status = certs::init_ca(&tls)?;
+            let verb = if status.created {
+                "created"
+            } else {
+                "kept the existing"
+            };
+            println!("hydrant certs: {verb} CA {}", status.ca_pem.display());
+        }
+        CertsAction::Issue {
+            device,
+            streams,
+            out,
+        } => {
+            let device = DeviceName::new(&device)?;
+            let streams = streams
+                .iter()
+                .map(|s| hydrant::fragment::StreamName::new(s.trim()))
+                .collect::<Result<Vec<_>, _>>()
+                .context("--streams")?;
+            let issued = certs::issue_device(&tls, &device, streams, &out, now_ms)?;
+            if issued.replaced {
+                println!("hydrant certs: device {device} had a certificate; it no longer works");
+            }
+            println!(
+                "hydrant certs: issued {} (key {}, CA {}) for device {device}",
+                issued.cert.display(),
+                issued.key.display(),
+                issued.ca.display()
+            );
+        }
+        CertsAction::Revoke { device } => {
+            let device = DeviceName::new(&device)?;
+            let state = if certs::revoke_device(&tls, &device, now_ms)? {
+                "revoked"
+            } else {
+                "was already revoked"
+            };
+            println!("hydrant certs: device {device} {state}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Waits for SIGINT or SIGTERM.

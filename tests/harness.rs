@@ -58,12 +58,25 @@ pub struct ServerProcess {
     pub http: SocketAddr,
     pub quic: SocketAddr,
     extra_config: String,
+    /// Open (development) mode: unsigned HTTP requests, agents without certificates.
+    open: bool,
     child: Option<Child>,
 }
 
 impl ServerProcess {
-    /// Starts a server whose config file holds `extra_config` (TOML) on top of the defaults.
+    /// Starts a server in open mode whose config file holds `extra_config` (TOML) on top of the
+    /// defaults.
     pub fn start(extra_config: &str) -> Self {
+        Self::start_in_mode(extra_config, true)
+    }
+
+    /// Starts a server without `--open`: agents need a device certificate (and HTTP requests
+    /// a signature, so check its store with the server stopped).
+    pub fn start_secure(extra_config: &str) -> Self {
+        Self::start_in_mode(extra_config, false)
+    }
+
+    fn start_in_mode(extra_config: &str, open: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port())
             .parse()
@@ -76,6 +89,7 @@ impl ServerProcess {
             http,
             quic,
             extra_config: extra_config.to_owned(),
+            open,
             child: None,
         };
         server.spawn();
@@ -94,9 +108,14 @@ impl ServerProcess {
         let config = self.dir.path().join("server.toml");
         std::fs::write(&config, &self.extra_config).expect("write server config");
         let log = std::fs::File::create(self.dir.path().join("server.log")).expect("server log");
-        let child = Command::new(hydrant_bin())
+        let mut cmd = Command::new(hydrant_bin());
+        cmd.arg("server");
+        if self.open {
             // Open mode: the harness's HTTP client does not sign (SigV4 has its own tests).
-            .args(["server", "--open", "--config"])
+            cmd.arg("--open");
+        }
+        let child = cmd
+            .arg("--config")
             .arg(&config)
             .arg("--data-dir")
             .arg(self.data_dir())
@@ -148,6 +167,17 @@ impl ServerProcess {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
+    /// Runs `hydrant certs --data-dir <this server's data dir> ARGS` to completion.
+    pub fn certs(&self, args: &[&str]) -> std::process::Output {
+        Command::new(hydrant_bin())
+            .arg("certs")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(args)
+            .output()
+            .expect("run hydrant certs")
+    }
+
     pub fn kvs(&self) -> Kvs {
         Kvs {
             base: format!("http://{}", self.http),
@@ -179,6 +209,11 @@ pub struct AgentRun {
 
 impl AgentProcess {
     pub fn start(run: &AgentRun) -> Self {
+        Self::start_with(run, &[])
+    }
+
+    /// Starts an agent with `extra_args` after the usual ones (e.g. `--cert`, `--key`).
+    pub fn start_with(run: &AgentRun, extra_args: &[std::ffi::OsString]) -> Self {
         std::fs::create_dir_all(&run.spool_dir).expect("spool dir");
         let log = run.spool_dir.join(format!(
             "agent-{}.log",
@@ -210,6 +245,7 @@ impl AgentProcess {
         if run.fast {
             cmd.arg("--fast");
         }
+        cmd.args(extra_args);
         AgentProcess {
             child: cmd.spawn().expect("spawn hydrant agent"),
             log,
@@ -233,6 +269,17 @@ impl AgentProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Like [`Self::wait`], also returning the agent's log (its stderr).
+    pub fn wait_with_log(self, timeout: Duration) -> (ExitStatus, String, String) {
+        let log = self.log.clone();
+        let (status, stdout) = self.wait(timeout);
+        (
+            status,
+            stdout,
+            std::fs::read_to_string(log).unwrap_or_default(),
+        )
     }
 
     pub fn kill(mut self) {

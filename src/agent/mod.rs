@@ -14,9 +14,13 @@
 //! sent first, oldest first, by the backlog uplinks (`backlog`), under its original identity,
 //! while new capture goes on. File sources are not spooled: the file itself is the durable
 //! copy, and a restarted replay yields the same identities.
+//! `check` runs `hydrant agent --check`: the TLS files parse and each pipeline plays for about a
+//! second, with nothing sent. The agent presents its device certificate (`cert`, `key`) to the
+//! server; a server that refuses the device ends the run with an error instead of retrying.
 //! This module holds no protocol logic (that is `wire`) and no media logic (that is `capture`).
 
 mod backlog;
+mod check;
 mod session;
 
 use std::path::PathBuf;
@@ -31,9 +35,10 @@ use crate::capture::{
 use crate::config::{AgentSettings, CameraSettings};
 use crate::fragment::{Fragment, FragmentId, FragmentMeta, StreamName, UnixMillis};
 use crate::spool::{Admission, Spool, SpoolConfig, SpoolError, SpoolStats};
-use crate::transport::{self, ServerTrust, UplinkOptions};
+use crate::transport::{self, ClientIdentity, ServerTrust, UplinkOptions};
 use crate::wire::{StreamOpen, UplinkConfig, UplinkEvent};
 
+pub use check::{CHECK_FIRST_VIDEO_TIMEOUT_MS, CHECK_RUN_MS, CheckLine, CheckReport, check};
 pub use session::{ProducerSession, SessionError};
 
 /// Fragments waiting between the capture pipelines and the uplink.
@@ -60,12 +65,19 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Session(#[from] SessionError),
+    // Not a `source`: the message already carries it, and error chains would print it twice.
     #[error("uplink failed: {0}")]
-    Uplink(#[from] transport::TransportError),
+    Uplink(transport::TransportError),
     #[error("spool: {0}")]
     Spool(#[from] SpoolError),
     #[error("opening the spool did not finish: {0}")]
     SpoolTask(String),
+}
+
+impl From<transport::TransportError> for AgentError {
+    fn from(e: transport::TransportError) -> Self {
+        Self::Uplink(e)
+    }
 }
 
 /// The spool, shared by the cameras (appends) and the report collector (releases). Each holder
@@ -272,9 +284,17 @@ fn uplink_options(settings: &AgentSettings) -> UplinkOptions {
             pin_file: settings.spool_dir.join("server-certificate.sha256"),
         },
     };
+    let client = match (&settings.cert, &settings.key) {
+        (Some(cert), Some(key)) => Some(ClientIdentity {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
     UplinkOptions {
         server: settings.server.clone(),
         trust,
+        client,
         uplink: UplinkConfig {
             agent: settings.agent_name.clone(),
             pending_fragments_max: settings.pending_fragments_max as usize,
@@ -336,6 +356,7 @@ async fn run_camera(
                 stream: camera.stream.clone(),
                 error,
             })?;
+        let mut uplink_gone = false;
         let outcome = loop {
             tokio::select! {
                 event = captured.recv() => match event {
@@ -343,7 +364,9 @@ async fn run_camera(
                         let fragment = to_fragment(&camera.stream, session.epoch, sequence, f);
                         sequence += 1;
                         if !outlet.send(fragment).await {
-                            break Ok(()); // the uplink stopped (shutdown)
+                            // The uplink stopped: shutdown, or the server refused this agent.
+                            uplink_gone = true;
+                            break Ok(());
                         }
                     }
                     Some(CaptureEvent::EndOfStream) | None => break Ok(()),
@@ -354,7 +377,7 @@ async fn run_camera(
         };
         capture.stop();
         match outcome {
-            Ok(()) if !live || *shutdown.borrow() => return Ok(()),
+            Ok(()) if uplink_gone || !live || *shutdown.borrow() => return Ok(()),
             Ok(()) => tracing::warn!(stream = %camera.stream, "live source ended; restarting it"),
             Err(error) if !live => {
                 return Err(AgentError::Capture {

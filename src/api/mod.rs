@@ -28,8 +28,8 @@ mod images;
 pub mod json;
 pub mod kinesis;
 mod kvs;
-mod put_media;
 mod media;
+mod put_media;
 pub mod sigv4;
 
 use std::sync::Arc;

@@ -388,6 +388,10 @@ pub struct AgentConfig {
     pub ca: Option<PathBuf>,
     /// Development mode: trust the first server certificate seen and pin it. Labelled in logs.
     pub trust_first_certificate: bool,
+    /// This device's certificate (`NAME.crt` from `hydrant certs issue`); with `key`.
+    pub cert: Option<PathBuf>,
+    /// This device's private key (`NAME.key`); with `cert`.
+    pub key: Option<PathBuf>,
     /// Where the agent keeps its state (session epochs, the pinned certificate, the spool).
     pub spool_dir: PathBuf,
     /// A name for this agent in the server's logs.
@@ -444,6 +448,8 @@ impl Default for AgentConfig {
             server: "127.0.0.1:7071".to_owned(),
             ca: None,
             trust_first_certificate: false,
+            cert: None,
+            key: None,
             spool_dir: PathBuf::from("hydrant-spool"),
             agent_name: String::new(),
             spool_bytes_max: SPOOL_BYTES_MAX_DEFAULT,
@@ -493,6 +499,9 @@ pub struct AgentSettings {
     pub server: String,
     pub ca: Option<PathBuf>,
     pub trust_first_certificate: bool,
+    /// The device certificate and key, both or neither (open-mode servers need none).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
     pub spool_dir: PathBuf,
     pub agent_name: String,
     pub spool_bytes_max: u64,
@@ -523,6 +532,21 @@ impl AgentConfig {
                 "ca",
                 "no CA certificate given: pass --ca <data-dir>/tls/ca.pem of the server, or enable the development mode trust_first_certificate",
             ));
+        }
+        match (&self.cert, &self.key) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "key",
+                    "a certificate (cert, --cert) is given without its key: pass --key NAME.key",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "cert",
+                    "a key (key, --key) is given without its certificate: pass --cert NAME.crt",
+                ));
+            }
+            _ => {}
         }
         if self.cameras.is_empty() {
             return Err(invalid(
@@ -571,6 +595,8 @@ impl AgentConfig {
             server: self.server,
             ca: self.ca,
             trust_first_certificate: self.trust_first_certificate,
+            cert: self.cert,
+            key: self.key,
             spool_dir: self.spool_dir,
             spool_bytes_max: check_range(
                 "spool_bytes_max",
@@ -714,6 +740,24 @@ mod tests {
             toml::from_str(&format!("spool_bytes_max = 1024\n{base}")).expect("parses");
         let err = small.resolve().expect_err("too small");
         assert!(err.to_string().contains("spool_bytes_max"), "{err}");
+    }
+
+    #[test]
+    fn cert_and_key_go_together() {
+        let base = "ca = \"ca.pem\"\n[[cameras]]\nstream = \"cam\"\nsource = \"test\"\n";
+        let both: AgentConfig =
+            toml::from_str(&format!("cert = \"d.crt\"\nkey = \"d.key\"\n{base}")).expect("parses");
+        let s = both.resolve().expect("valid");
+        assert_eq!(s.cert, Some(PathBuf::from("d.crt")));
+        assert_eq!(s.key, Some(PathBuf::from("d.key")));
+        let cert_only: AgentConfig =
+            toml::from_str(&format!("cert = \"d.crt\"\n{base}")).expect("parses");
+        let err = cert_only.resolve().expect_err("key missing");
+        assert!(err.to_string().contains("`key`"), "{err}");
+        let key_only: AgentConfig =
+            toml::from_str(&format!("key = \"d.key\"\n{base}")).expect("parses");
+        let err = key_only.resolve().expect_err("cert missing");
+        assert!(err.to_string().contains("`cert`"), "{err}");
     }
 
     #[test]

@@ -93,16 +93,22 @@ impl Server {
                 source,
             },
         )?);
-        let identity = transport::load_or_create_server_identity(
-            &settings.data_dir.join("tls"),
-            &settings.server_names,
-        )
-        .map_err(ServerError::Tls)?;
+        let tls_dir = transport::certs::tls_dir(&settings.data_dir);
+        let identity = transport::load_or_create_server_identity(&tls_dir, &settings.server_names)
+            .map_err(ServerError::Tls)?;
+        let clients = if settings.open {
+            transport::ClientAuth::Open
+        } else {
+            let devices = transport::DeviceDirectory::new(&tls_dir);
+            tracing::info!(registry = %devices.path().display(), "agents need a device certificate (hydrant certs issue)");
+            transport::ClientAuth::Devices(Arc::new(devices))
+        };
         let ingest_config = IngestConfig {
             fragment_bytes_max: settings.fragment_bytes_max,
             fragment_duration_ms_max: settings.fragment_duration_ms_max,
             connections_max: settings.connections_max as usize,
             streams_per_connection_max: settings.streams_per_connection_max as usize,
+            clients,
             ..IngestConfig::default()
         };
         let sink = Arc::new(StoreSink {

@@ -18,7 +18,19 @@ use crate::wire::{
     WireError,
 };
 
-use super::{ServerIdentity, TransportError, install_crypto_provider};
+use super::devices::{DeviceDirectory, DeviceGrant};
+use super::{ServerIdentity, TransportError, identity, install_crypto_provider};
+
+/// Which agents may connect.
+#[derive(Clone, Debug, Default)]
+pub enum ClientAuth {
+    /// Development mode: no client certificate; every agent may write every stream.
+    #[default]
+    Open,
+    /// A client certificate signed by the server's CA and registered as a device that is not
+    /// revoked; each device writes only its streams.
+    Devices(Arc<DeviceDirectory>),
+}
 
 /// Where fragments go: implemented by the server over its store.
 pub trait FragmentSink: Send + Sync + 'static {
@@ -62,6 +74,8 @@ pub struct IngestConfig {
     pub idle_timeout_ms: u64,
     /// On shutdown, how long persists in flight may take to finish.
     pub shutdown_grace_ms: u64,
+    /// Which agents may connect and what they may write.
+    pub clients: ClientAuth,
 }
 
 impl Default for IngestConfig {
@@ -77,6 +91,7 @@ impl Default for IngestConfig {
             fragment_read_timeout_ms: 60_000,
             idle_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
+            clients: ClientAuth::Open,
         }
     }
 }
@@ -175,9 +190,19 @@ fn server_config(
     config: &IngestConfig,
 ) -> Result<quinn::ServerConfig, TransportError> {
     install_crypto_provider();
-    let mut tls = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())?;
+    let builder = rustls::ServerConfig::builder();
+    let builder = match &config.clients {
+        ClientAuth::Open => builder.with_no_client_auth(),
+        ClientAuth::Devices(_) => {
+            let roots = identity::root_store(&identity.ca_pem_path)?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .map_err(|e| TransportError::QuicConfig(format!("client verifier: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut tls =
+        builder.with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())?;
     tls.alpn_protocols = vec![wire::ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TransportError::QuicConfig(e.to_string()))?;
@@ -205,12 +230,22 @@ async fn serve_incoming<S: FragmentSink>(
     let connection = match incoming.await {
         Ok(c) => c,
         Err(e) => {
-            tracing::debug!(%remote, error = %e, "handshake failed");
+            // A refused client certificate ends here, as a TLS alert the agent reads.
+            tracing::info!(%remote, error = %e, "agent handshake failed");
             return;
         }
     };
-    tracing::info!(%remote, "agent connected");
-    let reason = serve_connection(&connection, config, sink, shutdown).await;
+    let peer = Peer::of(&connection, &config.clients);
+    if let Err(refusal) = peer.authorise() {
+        tracing::warn!(%remote, reason = %refusal, "refused an agent");
+        connection.close(
+            VarInt::from_u32(ErrorCode::NotAuthorized.as_u16().into()),
+            refusal.as_bytes(),
+        );
+        return;
+    }
+    tracing::info!(%remote, device = %peer.describe(), "agent connected");
+    let reason = serve_connection(&connection, config, sink, peer, shutdown).await;
     tracing::info!(%remote, reason = %reason.1, "agent connection ended");
     connection.close(VarInt::from_u32(reason.0), reason.1.as_bytes());
 }
@@ -220,6 +255,7 @@ async fn serve_connection<S: FragmentSink>(
     connection: &Connection,
     config: Arc<IngestConfig>,
     sink: Arc<S>,
+    peer: Peer,
     mut shutdown: watch::Receiver<bool>,
 ) -> (u32, String) {
     let hello_timeout = Duration::from_millis(config.hello_timeout_ms);
@@ -228,7 +264,7 @@ async fn serve_connection<S: FragmentSink>(
         _ = super::stopped(&mut shutdown) => {
             return (CLOSE_SHUTDOWN, "server shutting down".to_owned());
         }
-        opened = tokio::time::timeout(hello_timeout, open_control(connection, &config, sink.as_ref())) => opened,
+        opened = tokio::time::timeout(hello_timeout, open_control(connection, &config, sink.as_ref(), &peer)) => opened,
     };
     let (session, send, mut recv, mut decoder) = match opened {
         Ok(Ok(parts)) => parts,
@@ -293,6 +329,7 @@ async fn open_control<S: FragmentSink>(
     connection: &Connection,
     config: &IngestConfig,
     sink: &S,
+    peer: &Peer,
 ) -> Result<ControlParts, (u32, String)> {
     let (mut send, mut recv) = connection
         .accept_bi()
@@ -303,11 +340,22 @@ async fn open_control<S: FragmentSink>(
     let hello = read_control(&mut recv, &mut decoder)
         .await
         .and_then(|hello| hello.ok_or(WireError::Truncated));
-    let streams = match hello.and_then(|hello| session.handle_hello(&hello)) {
-        Ok(streams) => streams,
+    // The registry is consulted again here: a device revoked since the handshake is refused.
+    let grant = hello.and_then(|hello| {
+        let streams = session.handle_hello(&hello)?;
+        let grant = peer.authorise().map_err(|refusal| {
+            tracing::warn!(device = %peer.describe(), reason = %refusal, "refused an agent at hello");
+            WireError::rejected(ErrorCode::NotAuthorized, refusal)
+        })?;
+        Ok((streams, grant))
+    });
+    let (streams, grant) = match grant {
+        Ok(parts) => parts,
         Err(error) => return Err(reply_error_and_close(&mut send, error).await),
     };
-    let (resumes, refusals) = resolve(sink, streams).await;
+    let (streams, forbidden) = split_by_grant(streams, grant.as_ref());
+    let (resumes, mut refusals) = resolve(sink, streams).await;
+    refusals.extend(forbidden);
     for msg in session.welcome(resumes, refusals) {
         write_message(&mut send, &msg)
             .await
@@ -330,6 +378,87 @@ async fn reply_error_and_close(send: &mut SendStream, error: WireError) -> (u32,
         let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
     }
     (code.as_u16().into(), message)
+}
+
+/// Splits the `Hello`'s streams into those the device may write and refusals for the others
+/// (`None`: open mode, every stream).
+fn split_by_grant(
+    streams: Vec<wire::StreamOpen>,
+    grant: Option<&DeviceGrant>,
+) -> (Vec<wire::StreamOpen>, Vec<(StreamName, ErrorCode, String)>) {
+    let Some(grant) = grant else {
+        return (streams, Vec::new());
+    };
+    let (allowed, forbidden): (Vec<_>, Vec<_>) =
+        streams.into_iter().partition(|s| grant.permits(&s.stream));
+    let refusals = forbidden
+        .into_iter()
+        .map(|s| {
+            let message = format!(
+                "device {} may not write stream {}: issue its certificate again with this stream in --streams",
+                grant.device, s.stream
+            );
+            tracing::warn!(device = %grant.device, stream = %s.stream, "refused a stream the device may not write");
+            (s.stream, ErrorCode::NotAuthorized, message)
+        })
+        .collect();
+    (allowed, refusals)
+}
+
+/// Who is on the other end of a connection, as far as authorisation goes.
+enum Peer {
+    Open,
+    /// The client certificate (DER), looked up in the registry at each check.
+    Device {
+        directory: Arc<DeviceDirectory>,
+        certificate: Option<Vec<u8>>,
+    },
+}
+
+impl Peer {
+    fn of(connection: &Connection, clients: &ClientAuth) -> Self {
+        match clients {
+            ClientAuth::Open => Peer::Open,
+            ClientAuth::Devices(directory) => Peer::Device {
+                directory: directory.clone(),
+                certificate: peer_certificate(connection),
+            },
+        }
+    }
+
+    /// The device's grant (`None` in open mode), or why it is refused.
+    fn authorise(&self) -> Result<Option<DeviceGrant>, String> {
+        match self {
+            Peer::Open => Ok(None),
+            Peer::Device {
+                certificate: None, ..
+            } => Err("the server requires a client certificate".into()),
+            Peer::Device {
+                directory,
+                certificate: Some(der),
+            } => directory
+                .authorise(der)
+                .map(Some)
+                .map_err(|refusal| refusal.to_string()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self.authorise() {
+            Ok(Some(grant)) => grant.device.to_string(),
+            Ok(None) => "(open mode)".into(),
+            Err(_) => "(refused)".into(),
+        }
+    }
+}
+
+/// The end-entity certificate the client presented, if any.
+fn peer_certificate(connection: &Connection) -> Option<Vec<u8>> {
+    let identity = connection.peer_identity()?;
+    let chain = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    chain.first().map(|cert| cert.as_ref().to_vec())
 }
 
 async fn resolve<S: FragmentSink>(

@@ -3,6 +3,19 @@
 //! ([`load_or_create_server_identity`]). quinn 0.11 with rustls 0.23 and the ring provider;
 //! ALPN [`crate::wire::ALPN`] on both sides.
 //!
+//! Device identity (mutual TLS): the server's CA also signs device certificates (`certs`,
+//! behind `hydrant certs`), and the registry `<data-dir>/tls/devices.json` (`devices`) says
+//! which certificate is which device, which streams it may write and whether it is revoked.
+//! Unless the ingest runs [`ClientAuth::Open`] (the labelled development mode), TLS requires a
+//! client certificate signed by the CA, and the ingest shell looks the certificate up in the
+//! registry right after the handshake and again at `Hello` (the registry is re-read when the
+//! file changes, so a revocation needs no restart): an unknown or revoked device is refused
+//! with `NotAuthorized` and the connection closed; a stream the device may not write gets
+//! `StreamRefused` with `NotAuthorized` while its other streams open. The `wire` core stays
+//! unaware of devices: the shell filters the `Hello`'s streams before resolving them. An
+//! agent refused for its identity stops with [`TransportError::NotAuthorized`] instead of
+//! reconnecting forever.
+//!
 //! May import: `crate::wire` and `crate::fragment`.
 //!
 //! Bounds: connections per server (`connections_max`), fragment streams per connection
@@ -13,6 +26,8 @@
 //! Nothing is acknowledged Persisted before [`FragmentSink::persist`] returned.
 
 pub mod bench;
+pub mod certs;
+pub mod devices;
 mod identity;
 mod ingest;
 mod uplink;
@@ -20,9 +35,11 @@ mod uplink;
 #[cfg(test)]
 mod tests;
 
+pub use devices::{DeviceDirectory, DeviceGrant, DeviceName, Refusal};
+pub(crate) use identity::read_certs;
 pub use identity::{ServerIdentity, load_or_create_server_identity};
-pub use ingest::{FragmentSink, IngestConfig, IngestServer, SinkError};
-pub use uplink::{ServerTrust, UplinkOptions, run_uplink};
+pub use ingest::{ClientAuth, FragmentSink, IngestConfig, IngestServer, SinkError};
+pub use uplink::{ClientIdentity, ServerTrust, UplinkOptions, run_uplink};
 
 /// Everything that goes wrong in the QUIC shells.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +68,23 @@ pub enum TransportError {
     Write(#[from] quinn::WriteError),
     #[error("stream read failed: {0}")]
     Read(String),
+    #[error(
+        "no CA in {dir}: run `hydrant certs init` (or start the server once) with this data directory"
+    )]
+    NoCa { dir: String },
+    #[error("the CA in {dir} is incomplete (ca.pem and ca.key must both be there)")]
+    IncompleteCa { dir: String },
+    #[error("bad device registry {path}: {message}")]
+    Registry { path: String, message: String },
+    #[error("bad device name {0}")]
+    BadDeviceName(String),
+    #[error("no device {0} in the registry")]
+    UnknownDevice(String),
+    #[error("{0}")]
+    Certs(String),
+    /// The server refused this agent's identity; retrying cannot help.
+    #[error("{0}")]
+    NotAuthorized(String),
 }
 
 impl TransportError {

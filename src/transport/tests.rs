@@ -310,7 +310,7 @@ async fn uplink_survives_a_server_restart_on_the_same_port() {
 /// A raw client that speaks the protocol by hand.
 async fn raw_connect(addr: SocketAddr, identity: &ServerIdentity) -> quinn::Connection {
     let mut endpoint = quinn::Endpoint::client(any_port()).unwrap();
-    endpoint.set_default_client_config(client_config(&ca_trust(identity)).unwrap());
+    endpoint.set_default_client_config(client_config(&ca_trust(identity), None).unwrap());
     endpoint.connect(addr, "localhost").unwrap().await.unwrap()
 }
 
@@ -539,7 +539,7 @@ async fn trust_first_seen_pins_and_then_refuses_another_identity() {
     assert_eq!(pin.trim().len(), 64);
 
     let mut endpoint = quinn::Endpoint::client(any_port()).unwrap();
-    endpoint.set_default_client_config(client_config(&trust).unwrap());
+    endpoint.set_default_client_config(client_config(&trust, None).unwrap());
     let refused = endpoint.connect(server_b.addr, "localhost").unwrap().await;
     assert!(refused.is_err(), "a different server identity was accepted");
     let accepted = endpoint.connect(server_a.addr, "localhost").unwrap().await;
@@ -573,4 +573,211 @@ async fn raw_loopback_throughput_is_measured() {
         .await
         .unwrap();
     assert!(rate > 1_000_000.0, "{rate} bytes/s");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device identity (mutual TLS) against a real registry file.
+
+struct Devices {
+    _dir: tempfile::TempDir,
+    tls: std::path::PathBuf,
+    identity: ServerIdentity,
+}
+
+impl Devices {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("tls");
+        let identity = load_or_create_server_identity(&tls, &[]).unwrap();
+        Self {
+            _dir: dir,
+            tls,
+            identity,
+        }
+    }
+
+    fn config(&self) -> IngestConfig {
+        IngestConfig {
+            clients: ClientAuth::Devices(Arc::new(DeviceDirectory::new(&self.tls))),
+            ..Default::default()
+        }
+    }
+
+    fn issue(&self, device: &str, streams: &[&str], out: &str) -> ClientIdentity {
+        let issued = certs::issue_device(
+            &self.tls,
+            &DeviceName::new(device).unwrap(),
+            streams.iter().map(|s| name(s)).collect(),
+            &self.tls.join(out),
+            1,
+        )
+        .unwrap();
+        ClientIdentity {
+            cert: issued.cert,
+            key: issued.key,
+        }
+    }
+}
+
+fn start_device_agent(
+    addr: SocketAddr,
+    devices: &Devices,
+    client: Option<ClientIdentity>,
+    streams: &[&str],
+) -> Agent {
+    let mut options = UplinkOptions::new(
+        format!("localhost:{}", addr.port()),
+        ca_trust(&devices.identity),
+    );
+    options.client = client;
+    options.uplink = uplink_config();
+    options.connect_timeout = Duration::from_secs(1);
+    let streams = streams
+        .iter()
+        .map(|s| StreamOpen {
+            stream: name(s),
+            epoch: 1,
+        })
+        .collect();
+    let (fragments, rx) = mpsc::channel(4);
+    let (reports_tx, reports) = mpsc::channel(64);
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(run_uplink(options, streams, rx, reports_tx, stop_rx));
+    Agent {
+        fragments,
+        reports,
+        stop,
+        task,
+    }
+}
+
+/// The uplink's own end: it must stop by itself with NotAuthorized, not retry forever.
+async fn refusal_of(agent: Agent) -> String {
+    let result = tokio::time::timeout(WAIT, agent.task)
+        .await
+        .expect("a refused uplink stops by itself")
+        .unwrap();
+    match result {
+        Err(TransportError::NotAuthorized(reason)) => reason,
+        other => panic!("expected NotAuthorized, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_device_writes_its_streams_and_is_refused_the_others() {
+    let devices = Devices::new();
+    let client = devices.issue("cam1", &["cam"], "out");
+    let sink = Arc::new(TestSink::default());
+    let server = Server::start(
+        any_port(),
+        &devices.identity,
+        devices.config(),
+        sink.clone(),
+    )
+    .await;
+    let mut agent = start_device_agent(server.addr, &devices, Some(client), &["cam", "other"]);
+    let tx = agent.fragments.clone();
+    tx.send(fragment("other", 0, 10)).await.unwrap();
+    tx.send(fragment("cam", 0, 10)).await.unwrap();
+    drop(tx);
+    let mut reports = Vec::new();
+    while reports.len() < 3 {
+        reports.push(agent.next_report().await);
+    }
+    assert!(reports.iter().any(|r| matches!(r, UplinkEvent::StreamRefused { stream, code: ErrorCode::NotAuthorized, message } if stream.as_str() == "other" && message.contains("cam1"))), "{reports:?}");
+    assert_eq!(persisted_ids(&reports), vec![fragment("cam", 0, 0).meta.id]);
+    assert_eq!(sink.stored.lock().unwrap().len(), 1);
+    agent.finish().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_without_a_certificate_is_told_to_get_one() {
+    let devices = Devices::new();
+    let sink = Arc::new(TestSink::default());
+    let server = Server::start(
+        any_port(),
+        &devices.identity,
+        devices.config(),
+        sink.clone(),
+    )
+    .await;
+    let agent = start_device_agent(server.addr, &devices, None, &["cam"]);
+    let reason = refusal_of(agent).await;
+    assert!(
+        reason.contains("requires a client certificate") && reason.contains("hydrant certs issue"),
+        "{reason}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn revoked_and_superseded_certificates_are_refused_without_a_restart() {
+    let devices = Devices::new();
+    let old = devices.issue("cam1", &["cam"], "old");
+    let current = devices.issue("cam1", &["cam"], "new");
+    let sink = Arc::new(TestSink::default());
+    let server = Server::start(
+        any_port(),
+        &devices.identity,
+        devices.config(),
+        sink.clone(),
+    )
+    .await;
+
+    let reason = refusal_of(start_device_agent(
+        server.addr,
+        &devices,
+        Some(old),
+        &["cam"],
+    ))
+    .await;
+    assert!(reason.contains("not registered"), "{reason}");
+
+    let mut agent = start_device_agent(server.addr, &devices, Some(current.clone()), &["cam"]);
+    agent.fragments.send(fragment("cam", 0, 10)).await.unwrap();
+    assert!(matches!(
+        agent.next_report().await,
+        UplinkEvent::Persisted { .. }
+    ));
+    agent.finish().await;
+
+    certs::revoke_device(&devices.tls, &DeviceName::new("cam1").unwrap(), 2).unwrap();
+    let reason = refusal_of(start_device_agent(
+        server.addr,
+        &devices,
+        Some(current),
+        &["cam"],
+    ))
+    .await;
+    assert!(reason.contains("cam1 is revoked"), "{reason}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_refused_in_the_handshake() {
+    let devices = Devices::new();
+    let foreign = Devices::new();
+    let client = foreign.issue("cam1", &["cam"], "out");
+    let sink = Arc::new(TestSink::default());
+    let server = Server::start(
+        any_port(),
+        &devices.identity,
+        devices.config(),
+        sink.clone(),
+    )
+    .await;
+    let reason = refusal_of(start_device_agent(
+        server.addr,
+        &devices,
+        Some(client),
+        &["cam"],
+    ))
+    .await;
+    assert!(
+        reason.contains("refused this device's certificate"),
+        "{reason}"
+    );
+    assert!(sink.stored.lock().unwrap().is_empty());
+    server.stop().await;
 }

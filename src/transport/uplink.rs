@@ -3,7 +3,7 @@
 //! forwards its reports. Every decision (what to send, when to reconnect) is the core's.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,8 @@ use crate::wire::{
     UplinkEvent,
 };
 
-use super::{TransportError, identity::read_certs, install_crypto_provider};
+use super::identity::{read_certs, read_key, root_store};
+use super::{TransportError, install_crypto_provider};
 
 /// How the agent decides to trust the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,12 +33,21 @@ pub enum ServerTrust {
     TrustFirstSeen { pin_file: PathBuf },
 }
 
+/// The agent's device certificate and key (PEM files from `hydrant certs issue`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// Where and how the agent sends.
 #[derive(Clone, Debug)]
 pub struct UplinkOptions {
     /// `host:port`; the host is also the TLS server name.
     pub server: String,
     pub trust: ServerTrust,
+    /// The device certificate presented to the server; `None` only for an open-mode server.
+    pub client: Option<ClientIdentity>,
     pub uplink: UplinkConfig,
     /// Longest wait for one connection attempt.
     pub connect_timeout: Duration,
@@ -48,6 +58,7 @@ impl UplinkOptions {
         Self {
             server: server.into(),
             trust,
+            client: None,
             uplink: UplinkConfig::default(),
             connect_timeout: Duration::from_secs(5),
         }
@@ -79,6 +90,67 @@ enum Io {
         generation: u64,
         id: FragmentId,
     },
+    /// The server refused this agent's identity: retrying cannot help.
+    Refused {
+        reason: String,
+    },
+}
+
+/// What the agent is told when the server wants a certificate it did not present.
+const NO_CERTIFICATE_MESSAGE: &str = "the server requires a client certificate: issue one with `hydrant certs issue --device NAME --streams A,B --out DIR` on the server and pass --cert DIR/NAME.crt --key DIR/NAME.key (or the agent config keys cert and key)";
+
+/// TLS alerts (RFC 8446) by which a server refuses a client certificate. A certificate from
+/// another Hydrant CA (same issuer name, other key) fails its signature check: decrypt_error.
+const ALERT_BAD_CERTIFICATE: u8 = 42;
+const ALERT_UNSUPPORTED_CERTIFICATE: u8 = 43;
+const ALERT_CERTIFICATE_REVOKED: u8 = 44;
+const ALERT_CERTIFICATE_EXPIRED: u8 = 45;
+const ALERT_CERTIFICATE_UNKNOWN: u8 = 46;
+const ALERT_UNKNOWN_CA: u8 = 48;
+const ALERT_DECRYPT_ERROR: u8 = 51;
+const ALERT_CERTIFICATE_REQUIRED: u8 = 116;
+
+/// Whether the server closed the connection because of who this agent is, and in what words.
+fn identity_refusal(error: &quinn::ConnectionError, has_certificate: bool) -> Option<String> {
+    match error {
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == VarInt::from_u32(ErrorCode::NotAuthorized.as_u16().into()) =>
+        {
+            let reason = String::from_utf8_lossy(&close.reason).into_owned();
+            Some(if has_certificate {
+                format!("the server refused this device: {reason}")
+            } else {
+                NO_CERTIFICATE_MESSAGE.to_owned()
+            })
+        }
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            let alert = |a: u8| close.error_code == quinn::TransportErrorCode::crypto(a);
+            if alert(ALERT_CERTIFICATE_REQUIRED)
+                || (!has_certificate && alert(ALERT_BAD_CERTIFICATE))
+            {
+                Some(NO_CERTIFICATE_MESSAGE.to_owned())
+            } else if has_certificate
+                && [
+                    ALERT_BAD_CERTIFICATE,
+                    ALERT_UNSUPPORTED_CERTIFICATE,
+                    ALERT_CERTIFICATE_REVOKED,
+                    ALERT_CERTIFICATE_EXPIRED,
+                    ALERT_CERTIFICATE_UNKNOWN,
+                    ALERT_UNKNOWN_CA,
+                    ALERT_DECRYPT_ERROR,
+                ]
+                .into_iter()
+                .any(alert)
+            {
+                Some(format!(
+                    "the server refused this device's certificate ({close}): was it issued by `hydrant certs issue` with this server's data directory?"
+                ))
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
 }
 
 /// Queue of I/O events; each connection has at most `in_flight_max` fragment tasks and one
@@ -100,10 +172,14 @@ struct Shell {
     live: Option<Live>,
     io_tx: mpsc::Sender<Io>,
     reports: mpsc::Sender<UplinkEvent>,
+    has_certificate: bool,
+    /// Set when the server refused this agent's identity: the uplink stops with it.
+    refused: Option<String>,
 }
 
 /// Sends every fragment from `fragments` until the server persisted (or refused) it. Returns
-/// when `fragments` is closed and everything is drained, or when `shutdown` turns true.
+/// when `fragments` is closed and everything is drained, or when `shutdown` turns true. A
+/// server that refuses this agent's identity ends it with [`TransportError::NotAuthorized`].
 pub async fn run_uplink(
     options: UplinkOptions,
     streams: Vec<StreamOpen>,
@@ -118,6 +194,10 @@ pub async fn run_uplink(
     loop {
         shell.take_waiting(&mut waiting).await;
         shell.run_events().await;
+        if let Some(reason) = shell.refused.take() {
+            shell.close("not authorised");
+            return Err(TransportError::NotAuthorized(reason));
+        }
         if !input_open && waiting.is_none() && shell.core.is_drained() {
             shell.close("drained");
             return Ok(());
@@ -165,7 +245,7 @@ impl Shell {
         .map_err(|_| TransportError::BadServerAddress(options.server.clone()))?;
         let mut endpoint = quinn::Endpoint::client(bind)
             .map_err(|e| TransportError::io("binding the agent's UDP socket", e))?;
-        endpoint.set_default_client_config(client_config(&options.trust)?);
+        endpoint.set_default_client_config(client_config(&options.trust, options.client.as_ref())?);
         let seed = rand::random::<u64>();
         Ok(Self {
             core: Uplink::new(options.uplink.clone(), streams, seed, Instant::now()),
@@ -177,6 +257,8 @@ impl Shell {
             live: None,
             io_tx,
             reports,
+            has_certificate: options.client.is_some(),
+            refused: None,
         })
     }
 
@@ -229,14 +311,24 @@ impl Shell {
         let generation = self.generation;
         let connecting = self.endpoint.connect(self.server_addr, &self.server_name);
         let (io, timeout) = (self.io_tx.clone(), self.connect_timeout);
+        let has_certificate = self.has_certificate;
         tokio::spawn(async move {
             let attempt = async {
-                let connection = connecting
-                    .map_err(|e| e.to_string())?
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let (control, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-                Ok::<_, String>((connection, control, recv))
+                let refused =
+                    |e: quinn::ConnectionError| match identity_refusal(&e, has_certificate) {
+                        Some(reason) => Io::Refused { reason },
+                        None => Io::ConnectFailed {
+                            generation,
+                            error: e.to_string(),
+                        },
+                    };
+                let connecting = connecting.map_err(|e| Io::ConnectFailed {
+                    generation,
+                    error: e.to_string(),
+                })?;
+                let connection = connecting.await.map_err(refused)?;
+                let (control, recv) = connection.open_bi().await.map_err(refused)?;
+                Ok::<_, Io>((connection, control, recv))
             };
             let event = match tokio::time::timeout(timeout, attempt).await {
                 Ok(Ok((connection, control, recv))) => Io::Connected {
@@ -245,7 +337,7 @@ impl Shell {
                     control,
                     recv,
                 },
-                Ok(Err(error)) => Io::ConnectFailed { generation, error },
+                Ok(Err(event)) => event,
                 Err(_) => Io::ConnectFailed {
                     generation,
                     error: "timed out".into(),
@@ -267,6 +359,12 @@ impl Shell {
             return;
         };
         if let Err(e) = live.control.write_all(&wire::encode_client(msg)).await {
+            if let quinn::WriteError::ConnectionLost(lost) = &e {
+                if let Some(reason) = identity_refusal(lost, self.has_certificate) {
+                    self.refused = Some(reason);
+                    return;
+                }
+            }
             tracing::warn!(error = %e, "writing the control stream failed");
             self.lost(self.generation, e.to_string());
         }
@@ -297,7 +395,12 @@ impl Shell {
                 recv,
             } if generation == self.generation => {
                 tracing::info!(server = %self.server_addr, "connected to the server");
-                tokio::spawn(read_control(recv, self.io_tx.clone(), generation));
+                let reader = ControlReader {
+                    io: self.io_tx.clone(),
+                    generation,
+                    has_certificate: self.has_certificate,
+                };
+                tokio::spawn(reader.run(recv));
                 self.live = Some(Live {
                     connection,
                     control,
@@ -309,6 +412,16 @@ impl Shell {
                 tracing::warn!(server = %self.server_addr, %error, "connecting to the server failed");
                 self.lost(generation, error);
             }
+            Io::Message {
+                msg:
+                    wire::ServerMessage::Error {
+                        id: None,
+                        code: ErrorCode::NotAuthorized,
+                        message,
+                    },
+                ..
+            } => self.refused = Some(self.refusal_text(message)),
+            Io::Refused { reason } => self.refused = Some(reason),
             Io::Message { generation, msg } if generation == self.generation => {
                 self.core.handle_message(msg, now)
             }
@@ -317,6 +430,14 @@ impl Shell {
                 self.core.handle_send_failed(&id, now)
             }
             Io::Message { .. } | Io::SendFailed { .. } => {}
+        }
+    }
+
+    fn refusal_text(&self, message: String) -> String {
+        if self.has_certificate {
+            format!("the server refused this device: {message}")
+        } else {
+            NO_CERTIFICATE_MESSAGE.to_owned()
         }
     }
 
@@ -345,33 +466,56 @@ async fn send_fragment(connection: &Connection, fragment: &Fragment) -> Result<(
     Ok(())
 }
 
-/// Decodes server messages from the control stream until it ends or breaks.
-async fn read_control(mut recv: RecvStream, io: mpsc::Sender<Io>, generation: u64) {
-    let mut decoder = FrameDecoder::new();
-    let mut buf = [0u8; 4096];
-    let reason = loop {
-        match decoder.next_server() {
-            Ok(Some(msg)) => {
-                if io.send(Io::Message { generation, msg }).await.is_err() {
-                    return;
+/// Reads one connection's control stream.
+struct ControlReader {
+    io: mpsc::Sender<Io>,
+    generation: u64,
+    has_certificate: bool,
+}
+
+impl ControlReader {
+    /// Decodes server messages from the control stream until it ends or breaks.
+    async fn run(self, mut recv: RecvStream) {
+        let generation = self.generation;
+        let mut decoder = FrameDecoder::new();
+        let mut buf = [0u8; 4096];
+        let event = loop {
+            match decoder.next_server() {
+                Ok(Some(msg)) => {
+                    if self.io.send(Io::Message { generation, msg }).await.is_err() {
+                        return;
+                    }
+                    continue;
                 }
-                continue;
+                Ok(None) => {}
+                Err(e) => break self.lost(format!("bad frame from the server: {e}")),
             }
-            Ok(None) => {}
-            Err(e) => break format!("bad frame from the server: {e}"),
-        }
-        let room = decoder.space().min(buf.len());
-        match recv.read(&mut buf[..room]).await {
-            Ok(Some(n)) => {
-                if let Err(e) = decoder.push(&buf[..n]) {
-                    break e.to_string();
+            let room = decoder.space().min(buf.len());
+            match recv.read(&mut buf[..room]).await {
+                Ok(Some(n)) => {
+                    if let Err(e) = decoder.push(&buf[..n]) {
+                        break self.lost(e.to_string());
+                    }
                 }
+                Ok(None) => break self.lost("control stream finished".to_owned()),
+                Err(quinn::ReadError::ConnectionLost(e)) => {
+                    break match identity_refusal(&e, self.has_certificate) {
+                        Some(reason) => Io::Refused { reason },
+                        None => self.lost(e.to_string()),
+                    };
+                }
+                Err(e) => break self.lost(e.to_string()),
             }
-            Ok(None) => break "control stream finished".to_owned(),
-            Err(e) => break e.to_string(),
+        };
+        let _ = self.io.send(event).await;
+    }
+
+    fn lost(&self, reason: String) -> Io {
+        Io::Lost {
+            generation: self.generation,
+            reason,
         }
-    };
-    let _ = io.send(Io::Lost { generation, reason }).await;
+    }
 }
 
 async fn resolve(server: &str) -> Result<(SocketAddr, String), TransportError> {
@@ -389,20 +533,24 @@ async fn resolve(server: &str) -> Result<(SocketAddr, String), TransportError> {
     Ok((addr, host))
 }
 
-pub(super) fn client_config(trust: &ServerTrust) -> Result<quinn::ClientConfig, TransportError> {
+pub(super) fn client_config(
+    trust: &ServerTrust,
+    client: Option<&ClientIdentity>,
+) -> Result<quinn::ClientConfig, TransportError> {
     install_crypto_provider();
     let builder = rustls::ClientConfig::builder();
-    let mut tls = match trust {
-        ServerTrust::CaFile(path) => builder
-            .with_root_certificates(roots(path)?)
-            .with_no_client_auth(),
+    let builder = match trust {
+        ServerTrust::CaFile(path) => builder.with_root_certificates(root_store(path)?),
         ServerTrust::TrustFirstSeen { pin_file } => {
             tracing::warn!(pin_file = %pin_file.display(), "development mode: trusting the first server certificate seen and pinning it");
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(PinVerifier::new(pin_file.clone())))
-                .with_no_client_auth()
         }
+    };
+    let mut tls = match client {
+        Some(id) => builder.with_client_auth_cert(read_certs(&id.cert)?, read_key(&id.key)?)?,
+        None => builder.with_no_client_auth(),
     };
     tls.alpn_protocols = vec![wire::ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
@@ -412,14 +560,6 @@ pub(super) fn client_config(trust: &ServerTrust) -> Result<quinn::ClientConfig, 
     transport.keep_alive_interval(Some(Duration::from_secs(5)));
     config.transport_config(Arc::new(transport));
     Ok(config)
-}
-
-fn roots(path: &Path) -> Result<rustls::RootCertStore, TransportError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in read_certs(path)? {
-        roots.add(cert)?;
-    }
-    Ok(roots)
 }
 
 /// Trust on first use: pins the SHA-256 of the first server certificate seen.
