@@ -20,7 +20,7 @@ debian_packages=(
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp
-  libgstrtspserver-1.0-dev ffmpeg mkvtoolnix
+  libgstrtspserver-1.0-dev ffmpeg mkvtoolnix mosquitto mosquitto-clients
 )
 
 install_debian_packages() {

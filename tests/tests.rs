@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per area. The harness runs the real `hydrant`
 //! binary as server and agent processes on loopback.
 
+mod alerts;
 mod certs;
 mod harness;
 mod oracle;

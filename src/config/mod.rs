@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::alerts::{AlertSettings, MqttSettings, WebhookSettings};
 use crate::fragment::StreamName;
 use crate::spool::FullPolicy;
 
@@ -114,6 +115,7 @@ pub struct ServerConfig {
     pub storage: StorageSection,
     pub streams: StreamsSection,
     pub auth: AuthSection,
+    pub alerts: AlertsSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -185,6 +187,7 @@ impl Default for ServerConfig {
             storage: StorageSection::default(),
             streams: StreamsSection::default(),
             auth: AuthSection::default(),
+            alerts: AlertsSection::default(),
         }
     }
 }
@@ -264,6 +267,8 @@ pub struct ServerSettings {
     pub streams_throttle: bool,
     pub open: bool,
     pub keys: Vec<AccessKey>,
+    /// Where detection events are pushed (MQTT, webhooks).
+    pub alerts: AlertSettings,
 }
 
 impl ServerConfig {
@@ -349,6 +354,7 @@ impl ServerConfig {
             streams_throttle: self.streams.throttle,
             open: self.auth.open,
             keys,
+            alerts: self.alerts.resolve()?,
         })
     }
 }
@@ -373,6 +379,244 @@ fn resolve_key(index: usize, mut key: AccessKey) -> Result<AccessKey, ConfigErro
         StreamName::new(name.as_str()).map_err(|e| invalid(&at("streams"), e.to_string()))?;
     }
     Ok(key)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Alerts
+
+/// Events queued per alert sink, and the longest retry delay, at most.
+const ALERT_QUEUE_EVENTS_LIMIT: u32 = 100_000;
+const ALERT_BACKOFF_MS_LIMIT: u64 = 600_000;
+/// Webhook attempts per event, at most.
+const WEBHOOK_ATTEMPTS_LIMIT: u32 = 100;
+
+/// `[alerts]`: where detection events are pushed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsSection {
+    /// Events queued per sink before the oldest is dropped.
+    pub queue_events_max: u32,
+    /// How long shutdown lets the sinks flush, in milliseconds.
+    pub shutdown_timeout_ms: u64,
+    pub mqtt: MqttSection,
+    pub webhooks: Vec<WebhookSection>,
+}
+
+/// `[alerts.mqtt]`; an empty `broker` turns MQTT off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttSection {
+    /// `host:port` of the broker (plain TCP).
+    pub broker: String,
+    pub client_id: String,
+    pub topic_prefix: String,
+    pub username: String,
+    /// May be given as `env:NAME`.
+    pub password: String,
+    pub keep_alive_s: u64,
+    pub reconnect_backoff_initial_ms: u64,
+    pub reconnect_backoff_max_ms: u64,
+    pub home_assistant_discovery: bool,
+    pub discovery_prefix: String,
+}
+
+/// One `[[alerts.webhooks]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSection {
+    /// `http://` URL the events are POSTed to.
+    pub url: String,
+    /// Extra headers; a value may be given as `env:NAME`.
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub attempts_max: u32,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub timeout_ms: u64,
+}
+
+impl Default for AlertsSection {
+    fn default() -> Self {
+        Self {
+            queue_events_max: 1024,
+            shutdown_timeout_ms: 5000,
+            mqtt: MqttSection::default(),
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+impl Default for MqttSection {
+    fn default() -> Self {
+        Self {
+            broker: String::new(),
+            client_id: "hydrant".to_owned(),
+            topic_prefix: "hydrant".to_owned(),
+            username: String::new(),
+            password: String::new(),
+            keep_alive_s: 30,
+            reconnect_backoff_initial_ms: 500,
+            reconnect_backoff_max_ms: 30_000,
+            home_assistant_discovery: false,
+            discovery_prefix: "homeassistant".to_owned(),
+        }
+    }
+}
+
+impl Default for WebhookSection {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            headers: Default::default(),
+            attempts_max: 5,
+            backoff_initial_ms: 500,
+            backoff_max_ms: 30_000,
+            timeout_ms: 5000,
+        }
+    }
+}
+
+/// A secret given literally or as `env:NAME`.
+fn secret(key: &str, value: &str) -> Result<String, ConfigError> {
+    match value.strip_prefix("env:") {
+        Some(var) => std::env::var(var)
+            .map_err(|_| invalid(key, format!("environment variable {var} is not set"))),
+        None => Ok(value.to_owned()),
+    }
+}
+
+/// An MQTT topic prefix: levels without wildcards, not starting or ending with `/`.
+fn topic_prefix(key: &str, value: &str) -> Result<String, ConfigError> {
+    let bad = value.is_empty()
+        || value.starts_with('/')
+        || value.ends_with('/')
+        || value.contains(['+', '#']);
+    if bad {
+        return Err(invalid(
+            key,
+            format!("{value:?} must be a topic like hydrant or home/cameras, without + or #"),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+impl AlertsSection {
+    fn resolve(self) -> Result<AlertSettings, ConfigError> {
+        let queue_events_max = check_range(
+            "alerts.queue_events_max",
+            self.queue_events_max,
+            1,
+            ALERT_QUEUE_EVENTS_LIMIT,
+        )?;
+        let mut webhooks = Vec::with_capacity(self.webhooks.len());
+        for (i, hook) in self.webhooks.into_iter().enumerate() {
+            webhooks.push(hook.resolve(&format!("alerts.webhooks[{i}]"))?);
+        }
+        Ok(AlertSettings {
+            queue_events_max: queue_events_max as usize,
+            shutdown_timeout_ms: check_range(
+                "alerts.shutdown_timeout_ms",
+                self.shutdown_timeout_ms,
+                0,
+                600_000,
+            )?,
+            mqtt: self.mqtt.resolve()?,
+            webhooks,
+        })
+    }
+}
+
+impl MqttSection {
+    fn resolve(self) -> Result<Option<MqttSettings>, ConfigError> {
+        let broker = self.broker.trim();
+        if broker.is_empty() {
+            return Ok(None);
+        }
+        let (host, port) = broker
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            .filter(|(h, _)| !h.is_empty())
+            .ok_or_else(|| {
+                invalid(
+                    "alerts.mqtt.broker",
+                    format!("{broker:?} must be host:port, e.g. 127.0.0.1:1883"),
+                )
+            })?;
+        if self.client_id.is_empty() {
+            return Err(invalid("alerts.mqtt.client_id", "is empty"));
+        }
+        let backoff_initial_ms = check_range(
+            "alerts.mqtt.reconnect_backoff_initial_ms",
+            self.reconnect_backoff_initial_ms,
+            1,
+            ALERT_BACKOFF_MS_LIMIT,
+        )?;
+        let password = secret("alerts.mqtt.password", &self.password)?;
+        Ok(Some(MqttSettings {
+            host: host.to_owned(),
+            port,
+            client_id: self.client_id,
+            topic_prefix: topic_prefix("alerts.mqtt.topic_prefix", &self.topic_prefix)?,
+            username: Some(self.username).filter(|u| !u.is_empty()),
+            password: Some(password).filter(|p| !p.is_empty()),
+            keep_alive_s: check_range("alerts.mqtt.keep_alive_s", self.keep_alive_s, 5, 3600)?,
+            reconnect_backoff_initial_ms: backoff_initial_ms,
+            reconnect_backoff_max_ms: check_range(
+                "alerts.mqtt.reconnect_backoff_max_ms",
+                self.reconnect_backoff_max_ms,
+                backoff_initial_ms,
+                ALERT_BACKOFF_MS_LIMIT,
+            )?,
+            home_assistant_discovery: self.home_assistant_discovery,
+            discovery_prefix: topic_prefix("alerts.mqtt.discovery_prefix", &self.discovery_prefix)?,
+        }))
+    }
+}
+
+impl WebhookSection {
+    fn resolve(self, at: &str) -> Result<WebhookSettings, ConfigError> {
+        let key = |field: &str| format!("{at}.{field}");
+        if !self.url.starts_with("http://") {
+            return Err(invalid(
+                &key("url"),
+                format!("{:?} must start with http:// (https is not supported yet)", self.url),
+            ));
+        }
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for (name, value) in &self.headers {
+            let header_key = key(&format!("headers.{name}"));
+            let value = secret(&header_key, value)?;
+            let valid_name = !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            if !valid_name || value.bytes().any(|b| b.is_ascii_control()) {
+                return Err(invalid(&header_key, "is not a valid HTTP header"));
+            }
+            headers.push((name.clone(), value));
+        }
+        let backoff_initial_ms = check_range(
+            &key("backoff_initial_ms"),
+            self.backoff_initial_ms,
+            1,
+            ALERT_BACKOFF_MS_LIMIT,
+        )?;
+        Ok(WebhookSettings {
+            url: self.url,
+            headers,
+            attempts_max: check_range(
+                &key("attempts_max"),
+                self.attempts_max,
+                1,
+                WEBHOOK_ATTEMPTS_LIMIT,
+            )?,
+            backoff_initial_ms,
+            backoff_max_ms: check_range(
+                &key("backoff_max_ms"),
+                self.backoff_max_ms,
+                backoff_initial_ms,
+                ALERT_BACKOFF_MS_LIMIT,
+            )?,
+            timeout_ms: check_range(&key("timeout_ms"), self.timeout_ms, 100, 600_000)?,
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -761,6 +1005,34 @@ mod tests {
     }
 
     #[test]
+    fn alerts_resolve_and_name_bad_keys() {
+        let cfg: ServerConfig = toml::from_str(
+            "[alerts.mqtt]\nbroker = \"127.0.0.1:1883\"\n\
+             [[alerts.webhooks]]\nurl = \"http://h/x\"\nheaders = { Authorization = \"t\" }\n",
+        )
+        .expect("parses");
+        let a = cfg.resolve().expect("valid").alerts;
+        let mqtt = a.mqtt.expect("broker set");
+        assert_eq!((mqtt.host.as_str(), mqtt.port), ("127.0.0.1", 1883));
+        assert_eq!(mqtt.topic_prefix, "hydrant");
+        assert_eq!(a.webhooks[0].headers, [("Authorization".into(), "t".into())]);
+        assert_eq!(a.webhooks[0].attempts_max, 5);
+
+        for (text, key) in [
+            ("[alerts.mqtt]\nbroker = \"nohost\"\n", "alerts.mqtt.broker"),
+            ("[alerts.mqtt]\nbroker = \"h:1\"\ntopic_prefix = \"a/#\"\n", "topic_prefix"),
+            ("[[alerts.webhooks]]\nurl = \"https://h\"\n", "alerts.webhooks[0].url"),
+            ("[[alerts.webhooks]]\nurl = \"http://h\"\nattempts_max = 0\n", "attempts_max"),
+            ("[[alerts.webhooks]]\nurl = \"http://h\"\nheaders = { \"a b\" = \"v\" }\n", "headers.a b"),
+            ("[alerts]\nqueue_events_max = 0\n", "alerts.queue_events_max"),
+        ] {
+            let cfg: ServerConfig = toml::from_str(text).expect("parses");
+            let err = cfg.resolve().expect_err(text);
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn empty_server_config_gives_the_documented_defaults() {
         let s = ServerConfig::default()
             .resolve()
@@ -769,5 +1041,6 @@ mod tests {
         assert_eq!(s.quic_listen.port(), 7071);
         assert_eq!(s.default_retention_hours, 24);
         assert!(!s.open);
+        assert!(s.alerts.mqtt.is_none() && s.alerts.webhooks.is_empty());
     }
 }
