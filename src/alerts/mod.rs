@@ -242,12 +242,6 @@ impl Alerts {
     pub fn stats_reader(&self) -> AlertStatsReader {
         AlertStatsReader(self.counters.clone())
     }
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        AlertStats {
-            dropped: get(&c.dropped),
-            mqtt_sent: get(&c.mqtt_sent),
-            webhook_attempts: get(&c.webhook_attempts),
-            webhook_delivered: get(&c.webhook_delivered),
 
     /// Stops accepting events, lets the sinks flush for up to `shutdown_timeout_ms`, then
     /// abandons what is left (logged).
@@ -255,7 +249,8 @@ impl Alerts {
         for sink in &self.sinks {
             sink.queue.close();
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.shutdown_timeout_ms);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.shutdown_timeout_ms);
         for sink in self.sinks {
             for mut task in sink.tasks {
                 if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
@@ -294,7 +289,10 @@ mod tests {
             mqtt: None,
             webhooks: Vec::new(),
         };
-        assert!(matches!(Alerts::start(settings), Err(AlertError::NoRuntime)));
+        assert!(matches!(
+            Alerts::start(settings),
+            Err(AlertError::NoRuntime)
+        ));
     }
 
     #[tokio::test]

@@ -207,8 +207,7 @@ impl Feeder {
         self.send(status, payload::STATUS_OFFLINE.into(), true)
             .await;
         let f = &self.in_flight;
-        while link.borrow().up && f.acked.load(Ordering::Relaxed) < f.sent.load(Ordering::Relaxed)
-        {
+        while link.borrow().up && f.acked.load(Ordering::Relaxed) < f.sent.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(ACK_POLL_MS)).await;
         }
         if let Err(e) = self.client.disconnect().await {

@@ -578,7 +578,10 @@ impl WebhookSection {
         if !self.url.starts_with("http://") {
             return Err(invalid(
                 &key("url"),
-                format!("{:?} must start with http:// (https is not supported yet)", self.url),
+                format!(
+                    "{:?} must start with http:// (https is not supported yet)",
+                    self.url
+                ),
             ));
         }
         let mut headers = Vec::with_capacity(self.headers.len());
@@ -586,7 +589,9 @@ impl WebhookSection {
             let header_key = key(&format!("headers.{name}"));
             let value = secret(&header_key, value)?;
             let valid_name = !name.is_empty()
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
             if !valid_name || value.bytes().any(|b| b.is_ascii_control()) {
                 return Err(invalid(&header_key, "is not a valid HTTP header"));
             }
@@ -1015,16 +1020,34 @@ mod tests {
         let mqtt = a.mqtt.expect("broker set");
         assert_eq!((mqtt.host.as_str(), mqtt.port), ("127.0.0.1", 1883));
         assert_eq!(mqtt.topic_prefix, "hydrant");
-        assert_eq!(a.webhooks[0].headers, [("Authorization".into(), "t".into())]);
+        assert_eq!(
+            a.webhooks[0].headers,
+            [("Authorization".into(), "t".into())]
+        );
         assert_eq!(a.webhooks[0].attempts_max, 5);
 
         for (text, key) in [
             ("[alerts.mqtt]\nbroker = \"nohost\"\n", "alerts.mqtt.broker"),
-            ("[alerts.mqtt]\nbroker = \"h:1\"\ntopic_prefix = \"a/#\"\n", "topic_prefix"),
-            ("[[alerts.webhooks]]\nurl = \"https://h\"\n", "alerts.webhooks[0].url"),
-            ("[[alerts.webhooks]]\nurl = \"http://h\"\nattempts_max = 0\n", "attempts_max"),
-            ("[[alerts.webhooks]]\nurl = \"http://h\"\nheaders = { \"a b\" = \"v\" }\n", "headers.a b"),
-            ("[alerts]\nqueue_events_max = 0\n", "alerts.queue_events_max"),
+            (
+                "[alerts.mqtt]\nbroker = \"h:1\"\ntopic_prefix = \"a/#\"\n",
+                "topic_prefix",
+            ),
+            (
+                "[[alerts.webhooks]]\nurl = \"https://h\"\n",
+                "alerts.webhooks[0].url",
+            ),
+            (
+                "[[alerts.webhooks]]\nurl = \"http://h\"\nattempts_max = 0\n",
+                "attempts_max",
+            ),
+            (
+                "[[alerts.webhooks]]\nurl = \"http://h\"\nheaders = { \"a b\" = \"v\" }\n",
+                "headers.a b",
+            ),
+            (
+                "[alerts]\nqueue_events_max = 0\n",
+                "alerts.queue_events_max",
+            ),
         ] {
             let cfg: ServerConfig = toml::from_str(text).expect("parses");
             let err = cfg.resolve().expect_err(text);
