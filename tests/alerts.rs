@@ -335,7 +335,8 @@ async fn receivers_that_are_down_never_block_publish_and_bound_the_work() {
     let stats = reader.read();
     let mqtt_dropped = events - queued;
     let handled_by_webhook = events - (stats.dropped - mqtt_dropped);
-    assert!(handled_by_webhook <= queued + 1, "{stats:?}");
+    // The queue, plus the few events the webhook task took while publish was running.
+    assert!(handled_by_webhook <= queued + 3, "{stats:?}");
     assert_eq!(stats.webhook_given_up, handled_by_webhook, "{stats:?}");
     assert_eq!(
         stats.webhook_attempts,

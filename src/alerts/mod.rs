@@ -16,8 +16,8 @@
 //! event. The connection is plain TCP (TLS is not implemented yet); it reconnects with backoff.
 //!
 //! [`Alerts::shutdown`] closes the queues, lets the sinks flush until `shutdown_timeout_ms`, then
-//! abandons what is left. This module imports only [`crate::config`]-independent types; the
-//! config module resolves `[alerts]` into [`AlertSettings`].
+//! abandons what is left. This module imports nothing else from the crate (the detection
+//! consumer calls it); `crate::config` resolves `[alerts]` into [`AlertSettings`].
 
 mod backoff;
 mod mqtt;
