@@ -5,4 +5,5 @@ mod certs;
 mod harness;
 mod oracle;
 mod spool;
+mod streams_crash;
 mod video_path;
