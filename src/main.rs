@@ -279,7 +279,10 @@ async fn run_bench_streams(args: BenchStreamsArgs) -> anyhow::Result<ExitCode> {
         shards: args.shards,
     };
     let figures = hydrant::bench::streams::run(&settings, |line| println!("{line}")).await?;
-    println!("--- {} connections, {} B records", settings.connections, settings.record_bytes);
+    println!(
+        "--- {} connections, {} B records",
+        settings.connections, settings.record_bytes
+    );
     for op in &figures {
         println!("{op}");
     }

@@ -62,8 +62,12 @@ fn writer(http: String, id: String, stop: Arc<AtomicBool>, acked: Acked) {
             .timeout(Duration::from_secs(20))
             .send();
         let Ok(response) = sent else { continue };
-        let Ok(reply) = response.json::<Value>() else { continue };
-        let Some(results) = reply["Records"].as_array() else { continue };
+        let Ok(reply) = response.json::<Value>() else {
+            continue;
+        };
+        let Some(results) = reply["Records"].as_array() else {
+            continue;
+        };
         let mut acked = acked.lock().expect("acked lock");
         for (payload, result) in payloads.iter().zip(results) {
             if let (Some(shard), Some(seq)) = (
@@ -109,7 +113,12 @@ fn wait_active(server: &ServerProcess) {
     let client = reqwest::blocking::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        let summary = call(&client, server, "DescribeStreamSummary", &json!({"StreamName": "crash"}));
+        let summary = call(
+            &client,
+            server,
+            "DescribeStreamSummary",
+            &json!({"StreamName": "crash"}),
+        );
         if summary.is_some_and(|s| s["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE") {
             return;
         }
@@ -122,8 +131,13 @@ fn wait_active(server: &ServerProcess) {
 fn acknowledged_records_survive_sigkill_without_duplicates() {
     let mut server = ServerProcess::start("");
     let client = reqwest::blocking::Client::new();
-    call(&client, &server, "CreateStream", &json!({"StreamName": "crash", "ShardCount": SHARDS}))
-        .expect("CreateStream");
+    call(
+        &client,
+        &server,
+        "CreateStream",
+        &json!({"StreamName": "crash", "ShardCount": SHARDS}),
+    )
+    .expect("CreateStream");
     wait_active(&server);
     let acked: Acked = Arc::default();
     for round in 0..KILL_ROUNDS {
@@ -146,7 +160,11 @@ fn acknowledged_records_survive_sigkill_without_duplicates() {
         wait_active(&server);
     }
     let acked = acked.lock().expect("acked lock").clone();
-    assert!(acked.len() >= WRITERS, "the load acknowledged too little: {}", acked.len());
+    assert!(
+        acked.len() >= WRITERS,
+        "the load acknowledged too little: {}",
+        acked.len()
+    );
     let stored = read_all(&server);
     let mut seen: HashMap<String, (String, String)> = HashMap::new();
     for (data, shard, seq) in stored {
@@ -154,6 +172,10 @@ fn acknowledged_records_survive_sigkill_without_duplicates() {
         assert!(earlier.is_none(), "record {data} is stored twice");
     }
     for (data, place) in &acked {
-        assert_eq!(seen.get(data), Some(place), "acknowledged record {data} lost or moved");
+        assert_eq!(
+            seen.get(data),
+            Some(place),
+            "acknowledged record {data} lost or moved"
+        );
     }
 }

@@ -158,7 +158,11 @@ impl Client {
         let bytes = response.bytes().await?;
         if status != 200 {
             let body = String::from_utf8_lossy(&bytes).into_owned();
-            return Err(LoadError::Status { operation, status, body });
+            return Err(LoadError::Status {
+                operation,
+                status,
+                body,
+            });
         }
         Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
@@ -184,16 +188,26 @@ pub async fn run(
     let phase = settings.duration / 3;
     let mut figures = Vec::new();
     for op in [Op::PutRecord, Op::PutRecords, Op::GetRecords] {
-        progress(&format!("{}: {} connections for {:?}", op.name(), settings.connections, phase));
+        progress(&format!(
+            "{}: {} connections for {:?}",
+            op.name(),
+            settings.connections,
+            phase
+        ));
         figures.push(run_phase(&client, settings, &stream, op, phase, progress.clone()).await?);
     }
-    let _ = client.call("DeleteStream", &json!({"StreamName": stream})).await;
+    let _ = client
+        .call("DeleteStream", &json!({"StreamName": stream}))
+        .await;
     Ok(figures)
 }
 
 async fn create_stream(client: &Client, stream: &str, shards: u32) -> Result<(), LoadError> {
     client
-        .call("CreateStream", &json!({"StreamName": stream, "ShardCount": shards}))
+        .call(
+            "CreateStream",
+            &json!({"StreamName": stream, "ShardCount": shards}),
+        )
         .await?;
     let deadline = Instant::now() + Duration::from_millis(ACTIVE_TIMEOUT_MS);
     while Instant::now() < deadline {
@@ -338,7 +352,8 @@ impl Worker {
     }
 
     async fn put_record(&self, n: u64) -> Result<(u64, u64), LoadError> {
-        let body = json!({"StreamName": self.stream, "PartitionKey": self.key(n, 0), "Data": self.data});
+        let body =
+            json!({"StreamName": self.stream, "PartitionKey": self.key(n, 0), "Data": self.data});
         self.client.call("PutRecord", &body).await?;
         Ok((1, self.settings.record_bytes as u64))
     }
@@ -362,7 +377,10 @@ impl Worker {
         };
         let reply = self
             .client
-            .call("GetRecords", &json!({"ShardIterator": current, "Limit": GET_LIMIT_RECORDS}))
+            .call(
+                "GetRecords",
+                &json!({"ShardIterator": current, "Limit": GET_LIMIT_RECORDS}),
+            )
             .await?;
         let records = reply["Records"].as_array().map_or(&[][..], Vec::as_slice);
         let bytes: u64 = records
@@ -379,10 +397,16 @@ impl Worker {
     }
 
     async fn trim_horizon_iterator(&self) -> Result<String, LoadError> {
-        let shard = format!("shardId-{:012}", self.worker % self.settings.shards as usize);
+        let shard = format!(
+            "shardId-{:012}",
+            self.worker % self.settings.shards as usize
+        );
         let body = json!({"StreamName": self.stream, "ShardId": shard, "ShardIteratorType": "TRIM_HORIZON"});
         let reply = self.client.call("GetShardIterator", &body).await?;
-        Ok(reply["ShardIterator"].as_str().unwrap_or_default().to_owned())
+        Ok(reply["ShardIterator"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
     }
 }
 

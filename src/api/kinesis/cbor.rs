@@ -86,7 +86,10 @@ fn to_json(value: Cbor, timestamp: bool, items: &mut usize) -> Result<Value, Kin
     })
 }
 
-fn map_to_json(entries: Vec<(Cbor, Cbor)>, items: &mut usize) -> Result<Map<String, Value>, KinesisError> {
+fn map_to_json(
+    entries: Vec<(Cbor, Cbor)>,
+    items: &mut usize,
+) -> Result<Map<String, Value>, KinesisError> {
     let mut map = Map::new();
     for (key, value) in entries {
         let Cbor::Text(key) = key else {
@@ -171,7 +174,9 @@ mod tests {
     }
 
     fn member<'a>(map: &'a Cbor, name: &str) -> &'a Cbor {
-        let Cbor::Map(entries) = map else { panic!("a map") };
+        let Cbor::Map(entries) = map else {
+            panic!("a map")
+        };
         entries
             .iter()
             .find(|(k, _)| k == &text(name))
