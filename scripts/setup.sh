@@ -44,7 +44,7 @@ install_rust() {
 
 # Python environment: the ONNX Runtime wheel (for its shared library) and the AWS clients the
 # tests drive the server with.
-python_packages=("onnxruntime>=1.31,<2" "boto3>=1.34" "awscli>=1.32" "pytest>=7")
+python_packages=("onnxruntime>=1.31,<2" "boto3>=1.34" "awscli>=1.32" "pytest>=7" "cbor2>=5")
 venv=".venv"
 install_python() {
   if [ ! -x "$venv/bin/python" ]; then
@@ -53,7 +53,7 @@ install_python() {
   fi
   if "$venv/bin/python" - <<'PY' 2>/dev/null
 import importlib.util, sys
-sys.exit(0 if all(importlib.util.find_spec(m) for m in ("onnxruntime", "boto3", "awscli", "pytest")) else 1)
+sys.exit(0 if all(importlib.util.find_spec(m) for m in ("onnxruntime", "boto3", "awscli", "pytest", "cbor2")) else 1)
 PY
   then say "Python packages present"; return; fi
   say "installing Python packages: ${python_packages[*]}"

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod alerts;
 pub mod api;
+pub mod bench;
 pub mod capture;
 pub mod config;
 pub mod demo;

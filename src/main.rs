@@ -35,6 +35,37 @@ enum Command {
     Detect(DetectCommand),
     /// Manage device identities: the server CA, device certificates, revocation.
     Certs(CertsArgs),
+    /// Load tools that drive a running server over HTTP.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Drive PutRecord, PutRecords and GetRecords against a data streams endpoint.
+    Streams(BenchStreamsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchStreamsArgs {
+    /// Server HTTP base URL (started with --open; add --no-throttle for raw speed).
+    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    endpoint: String,
+    /// Concurrent requests in flight (one connection each).
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Total run time in seconds, split evenly across the three operations.
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// Entries per PutRecords request.
+    #[arg(long, default_value_t = 500)]
+    records_per_request: usize,
+    /// Bytes of data per record.
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    /// Shards of the stream the run creates.
+    #[arg(long, default_value_t = 4)]
+    shards: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -177,7 +208,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo talks to the user on stdout; its logs stay quiet unless asked for.
     init_logging(
-        if matches!(cli.command, Command::Demo(_) | Command::Detect(_)) {
+        if matches!(
+            cli.command,
+            Command::Demo(_) | Command::Detect(_) | Command::Bench(_)
+        ) {
             "warn"
         } else {
             "info,quinn=warn,ort=warn"
@@ -231,7 +265,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Detect(DetectCommand::Eval(args)) => {
             tokio::task::spawn_blocking(move || run_detect_eval(args)).await?
         }
+        Command::Bench(BenchCommand::Streams(args)) => run_bench_streams(args).await,
     }
+}
+
+async fn run_bench_streams(args: BenchStreamsArgs) -> anyhow::Result<ExitCode> {
+    let settings = hydrant::bench::streams::LoadSettings {
+        endpoint: args.endpoint,
+        connections: args.connections,
+        duration: std::time::Duration::from_secs(args.duration_s),
+        records_per_request: args.records_per_request,
+        record_bytes: args.record_bytes,
+        shards: args.shards,
+    };
+    let figures = hydrant::bench::streams::run(&settings, |line| println!("{line}")).await?;
+    println!(
+        "--- {} connections, {} B records",
+        settings.connections, settings.record_bytes
+    );
+    for op in &figures {
+        println!("{op}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_detect_eval(args: EvalArgs) -> anyhow::Result<ExitCode> {

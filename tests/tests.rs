@@ -6,4 +6,5 @@ mod certs;
 mod harness;
 mod oracle;
 mod spool;
+mod streams_crash;
 mod video_path;

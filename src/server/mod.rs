@@ -5,6 +5,9 @@
 //! storage logic. [`Server::start`] returns once every listener is bound, so tests and the demo
 //! can embed a real server on ephemeral ports. Shutdown is graceful: listeners stop accepting,
 //! in-flight persists finish (ingest has its own deadline), then the tasks end.
+//!
+//! The HTTP port speaks HTTP/1.1 and HTTP/2 cleartext with prior knowledge (h2c, as the AWS JS
+//! SDK v3 may use) on the same socket: `axum::serve` detects the HTTP/2 preface per connection.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,5 +1,6 @@
-//! The Kinesis Data Streams API (JSON 1.1): `POST /` with `X-Amz-Target:
-//! Kinesis_20131202.<Operation>`, as boto3's `kinesis` client calls it.
+//! The Kinesis Data Streams API: `POST /` with `X-Amz-Target: Kinesis_20131202.<Operation>`,
+//! in JSON 1.1 (boto3, the CLI, aws-sdk-rust) or CBOR 1.1 (the Java SDKs and the KCL), chosen by
+//! the request's `Content-Type` and answered in the same format, errors included.
 //!
 //! Owns the wire shapes, validation per the botocore model and the mapping from
 //! [`StreamsError`] to AWS error types; the semantics live in [`crate::streams`]. May import
@@ -10,8 +11,11 @@
 //! `{"__type": "InternalFailure"}`; file work runs on the blocking pool, and a put answers only
 //! after its records are fsynced.
 
+mod cbor;
 mod ops;
 mod parse;
+
+pub use cbor::CONTENT_TYPE_CBOR;
 
 use std::sync::Arc;
 
@@ -88,7 +92,15 @@ impl From<StreamsError> for KinesisError {
 
 impl IntoResponse for KinesisError {
     fn into_response(self) -> Response {
-        let (status, body) = match self.code {
+        let (status, body) = self.status_and_body();
+        json_response(status, &body)
+    }
+}
+
+impl KinesisError {
+    /// The HTTP status and the body members of this error, in either format.
+    fn status_and_body(&self) -> (StatusCode, Value) {
+        match self.code {
             "InternalFailure" => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 serde_json::json!({ "__type": "InternalFailure" }),
@@ -101,8 +113,50 @@ impl IntoResponse for KinesisError {
                 StatusCode::BAD_REQUEST,
                 serde_json::json!({ "__type": code, "message": self.message }),
             ),
-        };
-        json_response(status, &body)
+        }
+    }
+}
+
+/// The wire format of a request, which its reply uses too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Cbor,
+}
+
+impl Format {
+    fn of(headers: &HeaderMap) -> Format {
+        let cbor = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().starts_with("application/x-amz-cbor"));
+        if cbor { Format::Cbor } else { Format::Json }
+    }
+
+    fn parse(self, body: &[u8]) -> Result<parse::Body, KinesisError> {
+        match self {
+            Format::Json => parse::Body::parse(body),
+            Format::Cbor => cbor::decode(body),
+        }
+    }
+
+    fn respond(self, status: StatusCode, body: &Value) -> Response {
+        match self {
+            Format::Json => json_response(status, body),
+            Format::Cbor => {
+                let mut response = (status, cbor::encode(body)).into_response();
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(CONTENT_TYPE_CBOR),
+                );
+                response
+            }
+        }
+    }
+
+    fn error(self, error: &KinesisError) -> Response {
+        let (status, body) = error.status_and_body();
+        self.respond(status, &body)
     }
 }
 
@@ -128,15 +182,16 @@ async fn dispatch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let format = Format::of(&headers);
     let target = headers
         .get(TARGET_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let Some(operation) = target.strip_prefix(TARGET_PREFIX) else {
-        return KinesisError::new("UnknownOperationException", "").into_response();
+        return format.error(&KinesisError::new("UnknownOperationException", ""));
     };
     let principal = principal.map(|Extension(p)| p);
-    let result = match parse::Body::parse(&body) {
+    let result = match format.parse(&body) {
         Ok(input) => match authorize(&streams, principal.as_ref(), operation, &input) {
             Ok(()) => ops::call(&streams, operation, input).await,
             Err(e) => Err(e),
@@ -148,9 +203,9 @@ async fn dispatch(
             if let Some(p) = principal.as_ref().filter(|p| p.is_restricted()) {
                 hide_other_streams(p, &mut value);
             }
-            json_response(StatusCode::OK, &value)
+            format.respond(StatusCode::OK, &value)
         }
-        Err(e) => e.into_response(),
+        Err(e) => format.error(&e),
     }
 }
 
