@@ -14,7 +14,15 @@
 //! waits for room. With throttling on, each shard admits 1 MiB/s or 1,000 records/s in and
 //! 2 MiB/s and 5 reads/s out; what exceeds it is refused per record, never queued. The
 //! in-memory index holds one small entry per retained record. Pure parts (`hash`, `seqnum`,
-//! `iterator`, `bucket`) take time as an argument.
+//! `iterator`, `bucket`, `layout`, `scaling`) take time as an argument.
+//!
+//! Resharding (`reshard`): split, merge and UpdateShardCount close parents (no write lands in
+//! a closed shard; a put that raced the close is routed again, at most `ROUTE_ATTEMPTS_MAX`
+//! times) and open children with lineage; `stream.json` holds the whole shard map, so a
+//! restart keeps it. Closed shards stay listed until their close is older than the retention.
+//! On-demand streams meter offered writes per shard and split a shard that stays hot; the
+//! put path starts that split on the blocking pool, and `Streams::autoscale` runs the same
+//! check for a maintenance loop.
 
 pub mod bucket;
 pub mod hash;
