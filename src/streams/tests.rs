@@ -590,3 +590,38 @@ fn on_demand_streams_split_a_shard_that_stays_hot() {
         StreamMode::Provisioned
     );
 }
+
+#[test]
+fn a_put_on_a_hot_on_demand_shard_starts_the_split_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let streams = Streams::open(dir.path(), reshard_config()).expect("open");
+    streams
+        .create_stream_in_mode("od", ON_DEMAND_INITIAL_SHARDS, StreamMode::OnDemand, T0)
+        .expect("create");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for s in 0..4u64 {
+        let hot: Vec<PutEntry> = (0..450).map(|_| keyed(7, b"x")).collect();
+        let now = UnixMillis(T0.0 + s * 1000);
+        runtime
+            .block_on(streams.put_records("od", hot, now))
+            .expect("put");
+        runtime
+            .block_on(streams.put_records("od", vec![keyed(7, &[1; 10]); 450], now))
+            .expect("put");
+    }
+    // The split runs on the blocking pool: wait for it, bounded.
+    let mut open = 0;
+    for _ in 0..500 {
+        open = streams.describe("od").expect("d").open_shard_count;
+        if open == 5 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(open, 5);
+    drop(runtime);
+}
