@@ -21,6 +21,50 @@ pub struct ShardMeta {
     pub starting_hash_key: String,
     pub ending_hash_key: String,
     pub created_s: u64,
+    /// Creation in milliseconds (for ListShards' timestamp filters); 0 when not recorded.
+    #[serde(default)]
+    pub created_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adjacent_parent: Option<u32>,
+    /// Set once the shard is closed by a reshard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed: Option<ClosedMeta>,
+}
+
+/// A closed shard: its records end below `end_counter`, and it closed at `closed_ms`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClosedMeta {
+    pub end_counter: u64,
+    pub closed_ms: u64,
+}
+
+/// How a stream's capacity is managed.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StreamMode {
+    #[default]
+    Provisioned,
+    OnDemand,
+}
+
+impl StreamMode {
+    /// The AWS name of the mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamMode::Provisioned => "PROVISIONED",
+            StreamMode::OnDemand => "ON_DEMAND",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<StreamMode> {
+        match name {
+            "PROVISIONED" => Some(StreamMode::Provisioned),
+            "ON_DEMAND" => Some(StreamMode::OnDemand),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -31,6 +75,31 @@ pub struct StreamMeta {
     pub shards: Vec<ShardMeta>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub mode: StreamMode,
+    #[serde(default)]
+    pub mode_updated_ms: u64,
+    /// The index the next new shard gets (0 means: one past the highest index held).
+    #[serde(default)]
+    pub next_shard_index: u32,
+}
+
+impl StreamMeta {
+    pub fn shard(&self, index: u32) -> Option<&ShardMeta> {
+        self.shards.iter().find(|s| s.index == index)
+    }
+
+    pub fn open_shards(&self) -> impl Iterator<Item = &ShardMeta> {
+        self.shards.iter().filter(|s| s.closed.is_none())
+    }
+
+    /// The index for a new shard, moving the counter on.
+    pub fn take_shard_index(&mut self) -> u32 {
+        let highest = self.shards.iter().map(|s| s.index + 1).max().unwrap_or(0);
+        let index = self.next_shard_index.max(highest);
+        self.next_shard_index = index + 1;
+        index
+    }
 }
 
 pub fn write(dir: &Path, meta: &StreamMeta) -> Result<(), StreamsError> {
@@ -57,4 +126,19 @@ pub fn read(dir: &Path) -> Result<StreamMeta, StreamsError> {
     })?;
     serde_json::from_slice(&bytes)
         .map_err(|e| StreamsError::Corrupt(format!("{}: {e}", path.display())))
+}
+
+impl ShardMeta {
+    /// The stored hash range.
+    pub fn range(&self) -> Result<super::hash::HashRange, StreamsError> {
+        let parse = |v: &str| {
+            v.parse::<u128>().map_err(|_| {
+                StreamsError::Corrupt(format!("bad hash key {v:?} of shard {}", self.index))
+            })
+        };
+        Ok(super::hash::HashRange {
+            start: parse(&self.starting_hash_key)?,
+            end: parse(&self.ending_hash_key)?,
+        })
+    }
 }

@@ -14,18 +14,30 @@
 //! waits for room. With throttling on, each shard admits 1 MiB/s or 1,000 records/s in and
 //! 2 MiB/s and 5 reads/s out; what exceeds it is refused per record, never queued. The
 //! in-memory index holds one small entry per retained record. Pure parts (`hash`, `seqnum`,
-//! `iterator`, `bucket`) take time as an argument.
+//! `iterator`, `bucket`, `layout`, `scaling`) take time as an argument.
+//!
+//! Resharding (`reshard`): split, merge and UpdateShardCount close parents (no write lands in
+//! a closed shard; a put that raced the close is routed again, at most `ROUTE_ATTEMPTS_MAX`
+//! times) and open children with lineage; `stream.json` holds the whole shard map, so a
+//! restart keeps it. Closed shards stay listed until their close is older than the retention.
+//! On-demand streams meter offered writes per shard and split a shard that stays hot; the
+//! put path starts that split on the blocking pool, and `Streams::autoscale` runs the same
+//! check for a maintenance loop.
 
 pub mod bucket;
 pub mod hash;
 pub mod iterator;
+pub mod layout;
 mod meta;
+mod reshard;
+pub mod scaling;
 pub mod seqnum;
 mod shard;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::fragment::UnixMillis;
@@ -33,9 +45,12 @@ use crate::record_log::{LogError, sync_dir};
 use hash::HashRange;
 use iterator::{IteratorKey, KEY_BYTES, Position, TokenError};
 use meta::{ShardMeta, StreamMeta};
+use scaling::ScalingPolicy;
 use seqnum::SeqNum;
-use shard::Shard;
+use shard::{Shard, Submission};
 
+pub use meta::StreamMode;
+pub use reshard::{ChildShard, ShardFilter};
 pub use shard::{PARTITION_KEY_BYTES_MAX, RECORD_DATA_BYTES_MAX};
 
 /// Retention bounds in hours (AWS: 24 hours to 365 days).
@@ -48,6 +63,10 @@ pub const GET_RECORDS_BYTES_MAX: usize = 10 * 1024 * 1024;
 pub const TAGS_PER_STREAM_MAX: usize = 50;
 const KEY_FILE: &str = "iterator.key";
 const HOUR_MS: u64 = 3_600_000;
+/// Times a put routes records again after the shard it chose was closed by a reshard.
+const ROUTE_ATTEMPTS_MAX: usize = 4;
+/// Shards an on-demand stream starts with.
+pub const ON_DEMAND_INITIAL_SHARDS: u32 = 4;
 
 /// Failures of data streams.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +85,9 @@ pub enum StreamsError {
     InvalidArgument(String),
     #[error("{0}")]
     LimitExceeded(String),
+    /// The stream or shard is busy with (or already changed by) a reshard.
+    #[error("{0}")]
+    InUse(String),
     #[error(
         "Iterator expired. The iterator was created at time {issued_ms} ms while right now it is {now_ms} ms which is further in the future than the tolerated delay of 300000 milliseconds."
     )]
@@ -101,6 +123,11 @@ pub struct StreamsConfig {
     pub segment_bytes_max: u64,
     pub streams_max: usize,
     pub shards_per_stream_max: u32,
+    /// How long a stream shows UPDATING after a reshard or a mode change; another reshard
+    /// in that time is refused.
+    pub reshard_updating_ms: u64,
+    /// When on-demand streams split a hot shard.
+    pub scaling: ScalingPolicy,
 }
 
 impl Default for StreamsConfig {
@@ -112,6 +139,8 @@ impl Default for StreamsConfig {
             segment_bytes_max: 64 * 1024 * 1024,
             streams_max: 1000,
             shards_per_stream_max: 500,
+            reshard_updating_ms: 500,
+            scaling: ScalingPolicy::default(),
         }
     }
 }
@@ -122,14 +151,26 @@ pub struct ShardDescription {
     pub shard_id: String,
     pub range: HashRange,
     pub starting_sequence_number: String,
+    /// Set on a closed shard.
+    pub ending_sequence_number: Option<String>,
+    pub parent_shard_id: Option<String>,
+    pub adjacent_parent_shard_id: Option<String>,
+    pub created_ms: u64,
+    pub closed_ms: Option<u64>,
 }
 
+/// A stream as described to clients: `shards` holds every retained shard, open and closed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamDescription {
     pub name: String,
     pub arn: String,
     pub created_ms: u64,
     pub retention_hours: u32,
+    /// `ACTIVE` or `UPDATING`.
+    pub status: &'static str,
+    pub mode: StreamMode,
+    pub mode_updated_ms: u64,
+    pub open_shard_count: usize,
     pub shards: Vec<ShardDescription>,
 }
 
@@ -177,15 +218,76 @@ pub struct OutRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GetRecordsOutput {
     pub records: Vec<OutRecord>,
-    pub next_shard_iterator: String,
+    /// `None` at the end of a closed shard: read its children next.
+    pub next_shard_iterator: Option<String>,
     pub millis_behind_latest: u64,
+    /// The children of a closed shard, given once its end is reached.
+    pub child_shards: Vec<ChildShard>,
+}
+
+/// The shards of a stream as puts and reads see them; replaced whole by a reshard.
+#[derive(Debug, Default)]
+struct ShardMap {
+    /// Every retained shard, open and closed, in index order.
+    all: Vec<Arc<Shard>>,
+    /// Open shards by hash range, and their ranges, for routing.
+    open: Vec<Arc<Shard>>,
+    open_ranges: Vec<HashRange>,
+}
+
+impl ShardMap {
+    fn new(mut all: Vec<Arc<Shard>>, meta: &StreamMeta) -> ShardMap {
+        all.sort_by_key(|s| s.index);
+        let mut open: Vec<Arc<Shard>> = all
+            .iter()
+            .filter(|s| meta.shard(s.index).is_some_and(|m| m.closed.is_none()))
+            .cloned()
+            .collect();
+        open.sort_by_key(|s| s.range.start);
+        let open_ranges = open.iter().map(|s| s.range).collect();
+        ShardMap {
+            all,
+            open,
+            open_ranges,
+        }
+    }
+
+    fn get(&self, index: u32) -> Option<&Arc<Shard>> {
+        self.all.iter().find(|s| s.index == index)
+    }
 }
 
 #[derive(Debug)]
 struct Stream {
     dir: PathBuf,
     meta: Mutex<StreamMeta>,
-    shards: Vec<Shard>,
+    shards: RwLock<Arc<ShardMap>>,
+    /// Until when the stream shows UPDATING after a reshard or a mode change.
+    updating_until_ms: AtomicU64,
+    /// Serialises reshards of this stream.
+    reshard: Mutex<()>,
+    /// Set while an on-demand split started by a put is running.
+    scaling: AtomicBool,
+}
+
+impl Stream {
+    fn map(&self) -> Result<Arc<ShardMap>, StreamsError> {
+        Ok(Arc::clone(
+            &*self.shards.read().map_err(|_| StreamsError::Poisoned)?,
+        ))
+    }
+
+    fn is_updating(&self, now: UnixMillis) -> bool {
+        now.0 < self.updating_until_ms.load(Ordering::Acquire)
+    }
+
+    fn status(&self, now: UnixMillis) -> &'static str {
+        if self.is_updating(now) {
+            "UPDATING"
+        } else {
+            "ACTIVE"
+        }
+    }
 }
 
 /// The registry of data streams.
@@ -283,10 +385,23 @@ impl Streams {
             .ok_or_else(|| self.not_found(name))
     }
 
+    /// Creates a provisioned stream.
     pub fn create_stream(
         &self,
         name: &str,
         shard_count: u32,
+        now: UnixMillis,
+    ) -> Result<(), StreamsError> {
+        self.create_stream_in_mode(name, shard_count, StreamMode::Provisioned, now)
+    }
+
+    /// Creates a stream in a capacity mode (an on-demand stream's caller passes
+    /// [`ON_DEMAND_INITIAL_SHARDS`]).
+    pub fn create_stream_in_mode(
+        &self,
+        name: &str,
+        shard_count: u32,
+        mode: StreamMode,
         now: UnixMillis,
     ) -> Result<(), StreamsError> {
         if !valid_stream_name(name) {
@@ -317,7 +432,7 @@ impl Streams {
                 self.config.streams_max
             )));
         }
-        let stream = self.build_stream(name, shard_count, now)?;
+        let stream = self.build_stream(name, shard_count, mode, now)?;
         let mut streams = self.streams.write().map_err(|_| StreamsError::Poisoned)?;
         streams.insert(name.into(), Arc::new(stream));
         Ok(())
@@ -327,6 +442,7 @@ impl Streams {
         &self,
         name: &str,
         shard_count: u32,
+        mode: StreamMode,
         now: UnixMillis,
     ) -> Result<Stream, StreamsError> {
         let dir = self.root.join(name);
@@ -347,6 +463,10 @@ impl Streams {
                 starting_hash_key: range.start.to_string(),
                 ending_hash_key: range.end.to_string(),
                 created_s,
+                created_ms: now.0,
+                parent: None,
+                adjacent_parent: None,
+                closed: None,
             })
             .collect();
         let meta = StreamMeta {
@@ -355,6 +475,9 @@ impl Streams {
             retention_hours: RETENTION_HOURS_MIN,
             shards,
             tags: BTreeMap::new(),
+            mode,
+            mode_updated_ms: now.0,
+            next_shard_index: shard_count,
         };
         meta::write(&dir, &meta)?;
         sync_dir(&self.root)?;
@@ -380,28 +503,31 @@ impl Streams {
     }
 
     pub fn describe(&self, name: &str) -> Result<StreamDescription, StreamsError> {
+        self.describe_at(name, UnixMillis::now())
+    }
+
+    /// Describes a stream as of `now` (which decides ACTIVE or UPDATING).
+    pub fn describe_at(
+        &self,
+        name: &str,
+        now: UnixMillis,
+    ) -> Result<StreamDescription, StreamsError> {
         let stream = self.stream(name)?;
         let meta = lock(&stream.meta)?;
-        let shards = stream
+        let shards = meta
             .shards
             .iter()
-            .map(|s| ShardDescription {
-                shard_id: shard_id(s.index),
-                range: s.range,
-                starting_sequence_number: SeqNum {
-                    shard_created_s: s.created_s,
-                    shard_index: s.index,
-                    counter: 0,
-                    arrival_s: s.created_s,
-                }
-                .encode(),
-            })
-            .collect();
+            .map(describe_shard)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(StreamDescription {
             name: meta.name.clone(),
             arn: self.arn(&meta.name),
             created_ms: meta.created_ms,
             retention_hours: meta.retention_hours,
+            status: stream.status(now),
+            mode: meta.mode,
+            mode_updated_ms: meta.mode_updated_ms,
+            open_shard_count: meta.open_shards().count(),
             shards,
         })
     }
@@ -484,7 +610,8 @@ impl Streams {
     }
 
     /// Puts records and returns one outcome per entry, in order, once every accepted record
-    /// is durable. Entries over a shard's throughput get a per-entry failure.
+    /// is durable. Entries over a shard's throughput get a per-entry failure. Records routed to
+    /// a shard that a reshard closed meanwhile are routed again to its children.
     pub async fn put_records(
         &self,
         name: &str,
@@ -492,57 +619,26 @@ impl Streams {
         now: UnixMillis,
     ) -> Result<Vec<PutOutcome>, StreamsError> {
         let stream = self.stream(name)?;
-        let ranges: Vec<HashRange> = stream.shards.iter().map(|s| s.range).collect();
+        let on_demand = lock(&stream.meta)?.mode == StreamMode::OnDemand;
         let mut outcomes: Vec<Option<PutOutcome>> = vec![None; entries.len()];
-        let mut by_shard: BTreeMap<usize, Vec<(usize, PutEntry)>> = BTreeMap::new();
-        for (i, entry) in entries.into_iter().enumerate() {
-            let hash = entry
-                .explicit_hash_key
-                .unwrap_or_else(|| hash::partition_hash(&entry.partition_key));
-            let Some(s) = hash::shard_for(&ranges, hash) else {
-                return Err(StreamsError::Corrupt(format!("no shard owns hash {hash}")));
-            };
-            let shard = &stream.shards[s];
-            let bytes = (entry.data.len() + entry.partition_key.len()) as u64;
-            if self.config.throttle && !shard.admit_write(bytes, now)? {
-                outcomes[i] = Some(Err(PutFailure {
-                    code: "ProvisionedThroughputExceededException",
-                    message: self.throttled(name, shard.index).to_string(),
-                }));
-                continue;
+        let mut waiting: Vec<(usize, PutEntry)> = entries.into_iter().enumerate().collect();
+        for _ in 0..ROUTE_ATTEMPTS_MAX {
+            if waiting.is_empty() {
+                break;
             }
-            by_shard.entry(s).or_default().push((i, entry));
+            let map = stream.map()?;
+            let by_shard = self.route(name, &map, waiting, &mut outcomes, on_demand, now)?;
+            waiting = Vec::new();
+            for (s, batch) in by_shard {
+                let shard = &map.open[s];
+                let closed = self
+                    .store_batch(name, shard, batch, &mut outcomes, now)
+                    .await?;
+                waiting.extend(closed);
+            }
         }
-        for (s, batch) in by_shard {
-            let shard = &stream.shards[s];
-            let positions: Vec<usize> = batch.iter().map(|(i, _)| *i).collect();
-            let records = batch
-                .into_iter()
-                .map(|(_, e)| (e.partition_key, e.data))
-                .collect();
-            let pending = shard.submit(records, now).await?;
-            for (i, p) in positions.into_iter().zip(pending) {
-                let sequence_number = SeqNum {
-                    shard_created_s: shard.created_s,
-                    shard_index: shard.index,
-                    counter: p.counter,
-                    arrival_s: p.arrival_ms / 1000,
-                }
-                .encode();
-                outcomes[i] = Some(match shard.finish(p).await {
-                    Ok(()) => Ok(PutOk {
-                        shard_id: shard_id(shard.index),
-                        sequence_number,
-                    }),
-                    Err(e) => {
-                        tracing::error!(error = %e, stream = name, "A record could not be stored.");
-                        Err(PutFailure {
-                            code: "InternalFailure",
-                            message: "Internal service failure.".into(),
-                        })
-                    }
-                });
-            }
+        if on_demand {
+            self.scale_hot_shard(&stream, now);
         }
         Ok(outcomes
             .into_iter()
@@ -557,6 +653,103 @@ impl Streams {
             .collect())
     }
 
+    /// Groups entries by the open shard owning their hash; throttled ones get their outcome.
+    fn route(
+        &self,
+        name: &str,
+        map: &ShardMap,
+        entries: Vec<(usize, PutEntry)>,
+        outcomes: &mut [Option<PutOutcome>],
+        on_demand: bool,
+        now: UnixMillis,
+    ) -> Result<BTreeMap<usize, Vec<(usize, PutEntry)>>, StreamsError> {
+        let mut by_shard: BTreeMap<usize, Vec<(usize, PutEntry)>> = BTreeMap::new();
+        for (i, entry) in entries {
+            let hash = entry
+                .explicit_hash_key
+                .unwrap_or_else(|| hash::partition_hash(&entry.partition_key));
+            let Some(s) = hash::shard_for(&map.open_ranges, hash) else {
+                return Err(StreamsError::Corrupt(format!("no shard owns hash {hash}")));
+            };
+            let shard = &map.open[s];
+            let bytes = (entry.data.len() + entry.partition_key.len()) as u64;
+            if on_demand {
+                shard.record_heat(&self.config.scaling, bytes, 1, now)?;
+            }
+            if self.config.throttle && !shard.admit_write(bytes, now)? {
+                outcomes[i] = Some(Err(PutFailure {
+                    code: "ProvisionedThroughputExceededException",
+                    message: self.throttled(name, shard.index).to_string(),
+                }));
+                continue;
+            }
+            by_shard.entry(s).or_default().push((i, entry));
+        }
+        Ok(by_shard)
+    }
+
+    /// Appends one shard's batch and fills in its outcomes; returns the entries to route
+    /// again when the shard turned out to be closed.
+    async fn store_batch(
+        &self,
+        name: &str,
+        shard: &Shard,
+        batch: Vec<(usize, PutEntry)>,
+        outcomes: &mut [Option<PutOutcome>],
+        now: UnixMillis,
+    ) -> Result<Vec<(usize, PutEntry)>, StreamsError> {
+        let positions: Vec<usize> = batch.iter().map(|(i, _)| *i).collect();
+        let hash_keys: Vec<Option<u128>> = batch.iter().map(|(_, e)| e.explicit_hash_key).collect();
+        let records = batch
+            .into_iter()
+            .map(|(_, e)| (e.partition_key, e.data))
+            .collect();
+        let pending = match shard.submit(records, now).await? {
+            Submission::Queued(pending) => pending,
+            Submission::Closed(records) => {
+                let back = positions
+                    .into_iter()
+                    .zip(hash_keys)
+                    .zip(records)
+                    .map(|((i, explicit_hash_key), (partition_key, data))| {
+                        (
+                            i,
+                            PutEntry {
+                                partition_key,
+                                explicit_hash_key,
+                                data,
+                            },
+                        )
+                    })
+                    .collect();
+                return Ok(back);
+            }
+        };
+        for (i, p) in positions.into_iter().zip(pending) {
+            let sequence_number = SeqNum {
+                shard_created_s: shard.created_s,
+                shard_index: shard.index,
+                counter: p.counter,
+                arrival_s: p.arrival_ms / 1000,
+            }
+            .encode();
+            outcomes[i] = Some(match shard.finish(p).await {
+                Ok(()) => Ok(PutOk {
+                    shard_id: shard_id(shard.index),
+                    sequence_number,
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, stream = name, "A record could not be stored.");
+                    Err(PutFailure {
+                        code: "InternalFailure",
+                        message: "Internal service failure.".into(),
+                    })
+                }
+            });
+        }
+        Ok(Vec::new())
+    }
+
     fn throttled(&self, stream: &str, index: u32) -> StreamsError {
         StreamsError::Throttled {
             shard: shard_id(index),
@@ -565,14 +758,10 @@ impl Streams {
         }
     }
 
-    fn shard<'a>(
-        &self,
-        stream: &'a Stream,
-        name: &str,
-        id: &str,
-    ) -> Result<&'a Shard, StreamsError> {
+    fn shard(&self, stream: &Stream, name: &str, id: &str) -> Result<Arc<Shard>, StreamsError> {
+        let map = stream.map()?;
         parse_shard_id(id)
-            .and_then(|i| stream.shards.iter().find(|s| s.index == i))
+            .and_then(|i| map.get(i).cloned())
             .ok_or_else(|| StreamsError::ShardNotFound {
                 shard: id.into(),
                 stream: name.into(),
@@ -594,8 +783,8 @@ impl Streams {
             IteratorStart::TrimHorizon => 0,
             IteratorStart::Latest => shard.next_counter()?,
             IteratorStart::AtTimestamp(at) => shard.counter_at_time(at.0)?,
-            IteratorStart::AtSequenceNumber(s) => self.counter_of(shard, s)?,
-            IteratorStart::AfterSequenceNumber(s) => self.counter_of(shard, s)?.saturating_add(1),
+            IteratorStart::AtSequenceNumber(s) => self.counter_of(&shard, s)?,
+            IteratorStart::AfterSequenceNumber(s) => self.counter_of(&shard, s)?.saturating_add(1),
         };
         let created_ms = lock(&stream.meta)?.created_ms;
         Ok(self.key.issue(&Position {
@@ -668,6 +857,19 @@ impl Streams {
                 data: r.data,
             })
             .collect();
+        let ended = shard
+            .end_counter()?
+            .is_some_and(|end| batch.next_counter >= end);
+        if ended {
+            // The end of a closed shard: no further iterator, the children instead.
+            let meta = lock(&stream.meta)?;
+            return Ok(GetRecordsOutput {
+                records,
+                next_shard_iterator: None,
+                millis_behind_latest: 0,
+                child_shards: reshard::children_of(&meta, shard.index)?,
+            });
+        }
         let next_shard_iterator = self.key.issue(&Position {
             next_counter: batch.next_counter,
             issued_ms: now.0,
@@ -675,10 +877,11 @@ impl Streams {
         });
         Ok(GetRecordsOutput {
             records,
-            next_shard_iterator,
+            next_shard_iterator: Some(next_shard_iterator),
             millis_behind_latest: batch
                 .behind_arrival_ms
                 .map_or(0, |at| now.0.saturating_sub(at)),
+            child_shards: Vec::new(),
         })
     }
 
@@ -691,9 +894,10 @@ impl Streams {
         let mut deleted = 0;
         for stream in streams {
             let retention_ms = u64::from(lock(&stream.meta)?.retention_hours) * HOUR_MS;
-            for shard in &stream.shards {
+            for shard in &stream.map()?.all {
                 deleted += shard.enforce_retention(retention_ms, now)?;
             }
+            deleted += reshard::drop_expired_shards(&stream, retention_ms, now)?;
         }
         Ok(deleted)
     }
@@ -711,29 +915,64 @@ fn open_stream(
     let meta = meta::read(dir)?;
     let mut shards = Vec::with_capacity(meta.shards.len());
     for s in &meta.shards {
-        let parse = |v: &str| {
-            v.parse::<u128>().map_err(|_| {
-                StreamsError::Corrupt(format!("bad hash key {v:?} in {}", dir.display()))
-            })
-        };
-        let range = HashRange {
-            start: parse(&s.starting_hash_key)?,
-            end: parse(&s.ending_hash_key)?,
-        };
-        let shard_dir = dir.join(format!("shard-{:012}", s.index));
-        shards.push(Shard::open(
-            &shard_dir,
-            s.index,
-            range,
-            s.created_s,
-            segment_bytes_max,
-            now,
-        )?);
+        let shard = open_shard(dir, s, segment_bytes_max, now)?;
+        if let Some(closed) = s.closed {
+            shard.set_closed(closed.end_counter)?;
+        }
+        shards.push(Arc::new(shard));
     }
     Ok(Stream {
         dir: dir.to_path_buf(),
+        shards: RwLock::new(Arc::new(ShardMap::new(shards, &meta))),
         meta: Mutex::new(meta),
-        shards,
+        updating_until_ms: AtomicU64::new(0),
+        reshard: Mutex::new(()),
+        scaling: AtomicBool::new(false),
+    })
+}
+
+fn shard_dir(stream_dir: &Path, index: u32) -> PathBuf {
+    stream_dir.join(format!("shard-{index:012}"))
+}
+
+fn open_shard(
+    stream_dir: &Path,
+    meta: &ShardMeta,
+    segment_bytes_max: u64,
+    now: UnixMillis,
+) -> Result<Shard, StreamsError> {
+    Shard::open(
+        &shard_dir(stream_dir, meta.index),
+        meta.index,
+        meta.range()?,
+        meta.created_s,
+        segment_bytes_max,
+        now,
+    )
+}
+
+/// A stored shard as clients see it.
+fn describe_shard(s: &ShardMeta) -> Result<ShardDescription, StreamsError> {
+    let number = |counter: u64, at_s: u64| {
+        SeqNum {
+            shard_created_s: s.created_s,
+            shard_index: s.index,
+            counter,
+            arrival_s: at_s,
+        }
+        .encode()
+    };
+    Ok(ShardDescription {
+        shard_id: shard_id(s.index),
+        range: s.range()?,
+        starting_sequence_number: number(0, s.created_s),
+        ending_sequence_number: s
+            .closed
+            .map(|c| number(c.end_counter.saturating_sub(1), c.closed_ms / 1000)),
+        parent_shard_id: s.parent.map(shard_id),
+        adjacent_parent_shard_id: s.adjacent_parent.map(shard_id),
+        created_ms: s.created_ms.max(s.created_s * 1000),
+        closed_ms: s.closed.map(|c| c.closed_ms),
     })
 }
 

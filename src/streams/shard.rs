@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use super::StreamsError;
 use super::bucket::TokenBucket;
 use super::hash::HashRange;
+use super::scaling::{HeatMeter, ScalingPolicy};
 use crate::fragment::UnixMillis;
 use crate::record_log::retention::{SegmentAge, expired_segments};
 use crate::record_log::{
@@ -97,6 +98,8 @@ struct Index {
     entries: VecDeque<Entry>,
     /// Newest arrival per segment, for retention.
     segment_newest_ms: BTreeMap<u64, u64>,
+    /// Set when the shard is closed: no record at or above this counter will ever exist.
+    end_counter: Option<u64>,
 }
 
 impl Index {
@@ -152,6 +155,15 @@ pub struct Shard {
     state: Mutex<Index>,
     append_lock: tokio::sync::Mutex<()>,
     buckets: Mutex<Buckets>,
+    heat: Mutex<HeatMeter>,
+}
+
+/// What `submit` did: queued the records, or handed them back because the shard is closed
+/// (the caller routes them again with the current shard map).
+#[derive(Debug)]
+pub enum Submission {
+    Queued(Vec<Pending>),
+    Closed(Vec<(String, Vec<u8>)>),
 }
 
 impl Shard {
@@ -176,6 +188,7 @@ impl Shard {
             last_arrival_ms: 0,
             entries: VecDeque::new(),
             segment_newest_ms: BTreeMap::new(),
+            end_counter: None,
         };
         let (log, _recovery) = RecordLog::open_scanning(dir, config, |pos, bytes| {
             let record = StoredRecord::decode(bytes).ok_or_else(|| {
@@ -198,7 +211,58 @@ impl Shard {
             state: Mutex::new(state),
             append_lock: tokio::sync::Mutex::new(()),
             buckets: Mutex::new(new_buckets(now)),
+            heat: Mutex::new(HeatMeter::default()),
         })
+    }
+
+    /// Closes the shard to writes and returns its end counter. Waits for a put that is
+    /// numbering records here to finish, so every counter below the end is assigned. Blocking:
+    /// call it off the async workers.
+    pub fn close(&self) -> Result<u64, StreamsError> {
+        let _order = self.append_lock.blocking_lock();
+        let mut index = self.index()?;
+        let next = index.next_counter;
+        let end = *index.end_counter.get_or_insert(next);
+        Ok(end)
+    }
+
+    /// Marks a shard closed at `end_counter` (recovery from the stream's metadata).
+    pub fn set_closed(&self, end_counter: u64) -> Result<(), StreamsError> {
+        self.index()?.end_counter = Some(end_counter);
+        Ok(())
+    }
+
+    /// Undoes `close` when the reshard that closed the shard could not be recorded.
+    pub fn reopen(&self) -> Result<(), StreamsError> {
+        self.index()?.end_counter = None;
+        Ok(())
+    }
+
+    pub fn end_counter(&self) -> Result<Option<u64>, StreamsError> {
+        Ok(self.index()?.end_counter)
+    }
+
+    /// Meters offered writes for on-demand scaling.
+    pub fn record_heat(
+        &self,
+        policy: &ScalingPolicy,
+        bytes: u64,
+        records: u64,
+        now: UnixMillis,
+    ) -> Result<(), StreamsError> {
+        let mut heat = self.heat.lock().map_err(|_| StreamsError::Poisoned)?;
+        heat.record(policy, bytes, records, now);
+        Ok(())
+    }
+
+    pub fn should_split(
+        &self,
+        policy: &ScalingPolicy,
+        open_shards: u32,
+        now: UnixMillis,
+    ) -> Result<bool, StreamsError> {
+        let heat = self.heat.lock().map_err(|_| StreamsError::Poisoned)?;
+        Ok(policy.should_split(&heat, open_shards, now))
     }
 
     fn index(&self) -> Result<MutexGuard<'_, Index>, StreamsError> {
@@ -233,8 +297,11 @@ impl Shard {
         &self,
         records: Vec<(String, Vec<u8>)>,
         now: UnixMillis,
-    ) -> Result<Vec<Pending>, StreamsError> {
+    ) -> Result<Submission, StreamsError> {
         let _order = self.append_lock.lock().await;
+        if self.index()?.end_counter.is_some() {
+            return Ok(Submission::Closed(records));
+        }
         let mut pending = Vec::with_capacity(records.len());
         for (partition_key, data) in records {
             let (counter, arrival_ms) = {
@@ -268,7 +335,7 @@ impl Shard {
                 }
             }
         }
-        Ok(pending)
+        Ok(Submission::Queued(pending))
     }
 
     /// Waits until a queued record is durable (or failed) and publishes it to readers.

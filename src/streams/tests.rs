@@ -1,6 +1,7 @@
 //! Registry tests over real files: durability across reopen, iterators, retention, throttling.
 
 use super::*;
+use scaling::ScalingPolicy;
 
 const T0: UnixMillis = UnixMillis(1_700_000_000_000);
 
@@ -46,7 +47,7 @@ fn read_all(streams: &Streams, name: &str, shard: &str, now: UnixMillis) -> Vec<
             return out;
         }
         out.extend(got.records);
-        it = got.next_shard_iterator;
+        it = got.next_shard_iterator.expect("open shard");
     }
     panic!("reading did not end");
 }
@@ -153,7 +154,11 @@ fn iterator_types_start_where_they_should() {
     assert_eq!(one.records.len(), 1);
     assert!(one.millis_behind_latest > 0);
     let rest = streams
-        .get_records(&one.next_shard_iterator, 100, later_time)
+        .get_records(
+            one.next_shard_iterator.as_deref().expect("open"),
+            100,
+            later_time,
+        )
         .expect("get");
     assert_eq!(rest.records.len(), 2);
     assert_eq!(rest.millis_behind_latest, 0);
@@ -302,4 +307,321 @@ fn names_and_limits_are_checked() {
         streams.name_from_arn("arn:aws:kinesis:eu-west-1:1:stream/ok"),
         None
     );
+}
+
+const HALF: u128 = 1u128 << 127;
+
+fn reshard_config() -> StreamsConfig {
+    StreamsConfig {
+        reshard_updating_ms: 1_000,
+        scaling: ScalingPolicy {
+            hot_percent: 80,
+            hot_seconds_min: 3,
+            shards_max: 6,
+        },
+        ..config(false)
+    }
+}
+
+fn keyed(hash: u128, data: &[u8]) -> PutEntry {
+    PutEntry {
+        explicit_hash_key: Some(hash),
+        ..entry("k", data)
+    }
+}
+
+/// Reads a shard from TRIM_HORIZON to its end; returns the data and the children given at
+/// the end (empty for an open shard).
+fn read_to_end(
+    streams: &Streams,
+    name: &str,
+    shard: &str,
+    now: UnixMillis,
+) -> (Vec<Vec<u8>>, Vec<ChildShard>) {
+    let mut it = streams
+        .shard_iterator(name, shard, &IteratorStart::TrimHorizon, now)
+        .expect("iterator");
+    let mut out = Vec::new();
+    for _ in 0..1000 {
+        let got = streams.get_records(&it, 2, now).expect("get");
+        let empty = got.records.is_empty();
+        out.extend(got.records.into_iter().map(|r| r.data));
+        match got.next_shard_iterator {
+            None => return (out, got.child_shards),
+            // An open shard: an empty page is its current end.
+            Some(_) if empty => return (out, Vec::new()),
+            Some(next) => it = next,
+        }
+    }
+    panic!("reading did not end");
+}
+
+fn shard_of(streams: &Streams, name: &str, id: &str) -> ShardDescription {
+    streams
+        .describe(name)
+        .expect("describe")
+        .shards
+        .into_iter()
+        .find(|s| s.shard_id == id)
+        .expect("shard listed")
+}
+
+#[test]
+fn split_closes_the_parent_routes_to_children_and_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let streams = Streams::open(dir.path(), reshard_config()).expect("open");
+    streams.create_stream("s", 1, T0).expect("create");
+    put(
+        &streams,
+        "s",
+        vec![keyed(1, b"before-low"), keyed(HALF + 1, b"before-high")],
+        T0,
+    );
+    let parent = "shardId-000000000000";
+    for bad in [0, 1, u128::MAX] {
+        assert!(matches!(
+            streams.split_shard("s", parent, bad, T0),
+            Err(StreamsError::InvalidArgument(_))
+        ));
+    }
+    streams.split_shard("s", parent, HALF, T0).expect("split");
+    assert_eq!(streams.describe_at("s", T0).expect("d").status, "UPDATING");
+    assert!(matches!(
+        streams.split_shard("s", "shardId-000000000001", HALF + 10, T0),
+        Err(StreamsError::InUse(_))
+    ));
+    let later = UnixMillis(T0.0 + 1_000);
+    assert_eq!(streams.describe_at("s", later).expect("d").status, "ACTIVE");
+    let acked = put(
+        &streams,
+        "s",
+        vec![keyed(5, b"after-low"), keyed(HALF + 5, b"after-high")],
+        later,
+    );
+    assert_eq!(acked[0].shard_id, "shardId-000000000001");
+    assert_eq!(acked[1].shard_id, "shardId-000000000002");
+    assert!(matches!(
+        streams.split_shard("s", parent, HALF / 2, later),
+        Err(StreamsError::InUse(_))
+    ));
+
+    let (data, children) = read_to_end(&streams, "s", parent, later);
+    assert_eq!(data, vec![b"before-low".to_vec(), b"before-high".to_vec()]);
+    let ids: Vec<&str> = children.iter().map(|c| c.shard_id.as_str()).collect();
+    assert_eq!(ids, ["shardId-000000000001", "shardId-000000000002"]);
+    assert_eq!(children[0].parent_shards, vec![parent.to_owned()]);
+    assert_eq!(
+        children[1].range,
+        HashRange {
+            start: HALF,
+            end: u128::MAX
+        }
+    );
+    drop(streams);
+
+    let streams = Streams::open(dir.path(), reshard_config()).expect("reopen");
+    let closed = shard_of(&streams, "s", parent);
+    assert!(closed.ending_sequence_number.is_some());
+    let child = shard_of(&streams, "s", "shardId-000000000002");
+    assert_eq!(child.parent_shard_id.as_deref(), Some(parent));
+    assert_eq!(child.range.start, HALF);
+    assert_eq!(streams.describe("s").expect("d").open_shard_count, 2);
+    let (data, _) = read_to_end(&streams, "s", "shardId-000000000002", later);
+    assert_eq!(data, vec![b"after-high".to_vec()]);
+    let acked = put(&streams, "s", vec![keyed(7, b"reopened")], later);
+    assert_eq!(acked[0].shard_id, "shardId-000000000001");
+    // The closed parent goes once its close is older than the retention.
+    let day = UnixMillis(T0.0 + 25 * HOUR_MS);
+    streams.enforce_retention(day).expect("retention");
+    assert_eq!(streams.describe("s").expect("d").shards.len(), 2);
+    streams
+        .split_shard("s", "shardId-000000000002", HALF + 100, day)
+        .expect("split again");
+    assert_eq!(
+        shard_of(&streams, "s", "shardId-000000000003")
+            .parent_shard_id
+            .as_deref(),
+        Some("shardId-000000000002")
+    );
+}
+
+#[test]
+fn merge_needs_adjacent_open_shards_and_names_both_parents() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let streams = Streams::open(dir.path(), reshard_config()).expect("open");
+    streams.create_stream("m", 3, T0).expect("create");
+    let (a, b, c) = (
+        "shardId-000000000000",
+        "shardId-000000000001",
+        "shardId-000000000002",
+    );
+    assert!(matches!(
+        streams.merge_shards("m", a, c, T0),
+        Err(StreamsError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        streams.merge_shards("m", a, "shardId-000000000009", T0),
+        Err(StreamsError::ShardNotFound { .. })
+    ));
+    streams.merge_shards("m", b, a, T0).expect("merge");
+    let child = shard_of(&streams, "m", "shardId-000000000003");
+    // ParentShardId is the shard named first (ShardToMerge), as AWS records it.
+    assert_eq!(
+        child.parent_shard_id.as_deref(),
+        Some("shardId-000000000001")
+    );
+    assert_eq!(
+        child.adjacent_parent_shard_id.as_deref(),
+        Some("shardId-000000000000")
+    );
+    assert_eq!(child.range.start, 0);
+    assert_eq!(child.range.end + 1, shard_of(&streams, "m", c).range.start);
+    let later = UnixMillis(T0.0 + 2_000);
+    assert!(matches!(
+        streams.merge_shards("m", a, b, later),
+        Err(StreamsError::InUse(_))
+    ));
+}
+
+#[test]
+fn update_shard_count_doubles_and_halves_with_uniform_children() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let streams = Streams::open(dir.path(), reshard_config()).expect("open");
+    streams.create_stream("u", 2, T0).expect("create");
+    assert!(matches!(
+        streams.update_shard_count("u", 5, T0),
+        Err(StreamsError::InvalidArgument(_))
+    ));
+    assert_eq!(streams.update_shard_count("u", 4, T0).expect("up"), 2);
+    let t1 = UnixMillis(T0.0 + 1_000);
+    let open = streams
+        .list_shards("u", &ShardFilter::AtLatest, t1)
+        .expect("list");
+    let ranges: Vec<HashRange> = open.iter().map(|s| s.range).collect();
+    assert_eq!(ranges, hash::initial_ranges(4));
+    assert_eq!(
+        open[0].parent_shard_id.as_deref(),
+        Some("shardId-000000000000")
+    );
+    assert_eq!(
+        open[3].parent_shard_id.as_deref(),
+        Some("shardId-000000000001")
+    );
+    assert_eq!(streams.update_shard_count("u", 2, t1).expect("down"), 4);
+    let t2 = UnixMillis(T0.0 + 2_000);
+    let open = streams
+        .list_shards("u", &ShardFilter::AtLatest, t2)
+        .expect("list");
+    assert_eq!(open.len(), 2);
+    assert_eq!(
+        open[0].parent_shard_id.as_deref(),
+        Some("shardId-000000000002")
+    );
+    assert_eq!(
+        open[0].adjacent_parent_shard_id.as_deref(),
+        Some("shardId-000000000003")
+    );
+    let all = |f: ShardFilter| -> Vec<String> {
+        streams
+            .list_shards("u", &f, t2)
+            .expect("list")
+            .into_iter()
+            .map(|s| s.shard_id)
+            .collect()
+    };
+    assert_eq!(all(ShardFilter::All).len(), 8);
+    assert_eq!(all(ShardFilter::FromTrimHorizon).len(), 8);
+    assert_eq!(
+        all(ShardFilter::AtTrimHorizon),
+        ["shardId-000000000000", "shardId-000000000001"]
+    );
+    assert_eq!(
+        all(ShardFilter::AfterShardId("shardId-000000000005".into())),
+        ["shardId-000000000006", "shardId-000000000007"]
+    );
+    assert_eq!(
+        all(ShardFilter::AtTimestamp(UnixMillis(T0.0 + 500))).len(),
+        4
+    );
+    assert_eq!(
+        all(ShardFilter::FromTimestamp(UnixMillis(T0.0 + 500))).len(),
+        6
+    );
+    assert_eq!(
+        all(ShardFilter::FromTimestamp(UnixMillis(T0.0 + 1_500))).len(),
+        2
+    );
+}
+
+#[test]
+fn on_demand_streams_split_a_shard_that_stays_hot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let streams = Streams::open(dir.path(), reshard_config()).expect("open");
+    streams
+        .create_stream_in_mode("od", ON_DEMAND_INITIAL_SHARDS, StreamMode::OnDemand, T0)
+        .expect("create");
+    let d = streams.describe("od").expect("d");
+    assert_eq!((d.mode, d.open_shard_count), (StreamMode::OnDemand, 4));
+    for s in 0..3u64 {
+        let now = UnixMillis(T0.0 + s * 1000);
+        let hot: Vec<PutEntry> = (0..450).map(|_| keyed(7, b"x")).collect();
+        put(&streams, "od", hot.clone(), now);
+        put(&streams, "od", hot, UnixMillis(now.0 + 500));
+        assert!(
+            streams
+                .autoscale(UnixMillis(now.0 + 900))
+                .expect("scale")
+                .is_empty(),
+            "second {s}"
+        );
+    }
+    let split = streams.autoscale(UnixMillis(T0.0 + 3_000)).expect("scale");
+    assert_eq!(
+        split,
+        vec![("od".to_owned(), "shardId-000000000000".to_owned())]
+    );
+    assert_eq!(streams.describe("od").expect("d").open_shard_count, 5);
+    // A provisioned stream under the same load never splits.
+    streams
+        .update_stream_mode("od", StreamMode::Provisioned, UnixMillis(T0.0 + 10_000))
+        .expect("mode");
+    assert_eq!(
+        streams.describe("od").expect("d").mode,
+        StreamMode::Provisioned
+    );
+}
+
+#[test]
+fn a_put_on_a_hot_on_demand_shard_starts_the_split_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let streams = Streams::open(dir.path(), reshard_config()).expect("open");
+    streams
+        .create_stream_in_mode("od", ON_DEMAND_INITIAL_SHARDS, StreamMode::OnDemand, T0)
+        .expect("create");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for s in 0..4u64 {
+        let hot: Vec<PutEntry> = (0..450).map(|_| keyed(7, b"x")).collect();
+        let now = UnixMillis(T0.0 + s * 1000);
+        runtime
+            .block_on(streams.put_records("od", hot, now))
+            .expect("put");
+        runtime
+            .block_on(streams.put_records("od", vec![keyed(7, &[1; 10]); 450], now))
+            .expect("put");
+    }
+    // The split runs on the blocking pool: wait for it, bounded.
+    let mut open = 0;
+    for _ in 0..500 {
+        open = streams.describe("od").expect("d").open_shard_count;
+        if open == 5 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(open, 5);
+    drop(runtime);
 }

@@ -73,7 +73,7 @@ impl From<StreamsError> for KinesisError {
             StreamsError::StreamNotFound { .. } | StreamsError::ShardNotFound { .. } => {
                 "ResourceNotFoundException"
             }
-            StreamsError::StreamExists { .. } => "ResourceInUseException",
+            StreamsError::StreamExists { .. } | StreamsError::InUse(_) => "ResourceInUseException",
             StreamsError::InvalidArgument(_) => "InvalidArgumentException",
             StreamsError::LimitExceeded(_) => "LimitExceededException",
             StreamsError::ExpiredIterator { .. } => "ExpiredIteratorException",

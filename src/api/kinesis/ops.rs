@@ -11,7 +11,8 @@ use super::KinesisError;
 use super::parse::{Body, missing, pattern_error};
 use crate::fragment::UnixMillis;
 use crate::streams::{
-    self, IteratorStart, PutEntry, StreamDescription, Streams, valid_stream_name,
+    self, IteratorStart, PutEntry, ShardFilter, StreamDescription, StreamMode, Streams,
+    valid_stream_name,
 };
 
 /// PutRecords limits (the model's and AWS's).
@@ -58,6 +59,10 @@ fn call_blocking(streams: &Streams, operation: &str, body: Body) -> Reply {
         "RemoveTagsFromStream" => remove_tags(streams, body),
         "ListTagsForStream" => list_tags(streams, body),
         "DescribeLimits" => describe_limits(streams),
+        "SplitShard" => split_shard(streams, body),
+        "MergeShards" => merge_shards(streams, body),
+        "UpdateShardCount" => update_shard_count(streams, body),
+        "UpdateStreamMode" => update_stream_mode(streams, body),
         _ => Err(KinesisError::new("UnknownOperationException", "")),
     }
 }
@@ -108,11 +113,30 @@ fn secs(ms: u64) -> Value {
 fn create_stream(streams: &Streams, body: Body) -> Reply {
     let name = body.required_string("StreamName", 1, 128)?;
     check_name("StreamName", &name)?;
-    // A stream without ShardCount is on-demand, which starts at 4 shards.
-    let shards = body.integer("ShardCount", 1, 100_000)?.unwrap_or(4);
-    let shards =
-        u32::try_from(shards).map_err(|_| KinesisError::invalid("ShardCount is too large."))?;
-    streams.create_stream(&name, shards, UnixMillis::now())?;
+    let count = body.integer("ShardCount", 1, 100_000)?;
+    // Without a mode, a stream with ShardCount is provisioned and one without is on-demand.
+    let mode = stream_mode(&body)?.unwrap_or(if count.is_some() {
+        StreamMode::Provisioned
+    } else {
+        StreamMode::OnDemand
+    });
+    let shards = match (mode, count) {
+        (StreamMode::OnDemand, None) => streams::ON_DEMAND_INITIAL_SHARDS,
+        (StreamMode::OnDemand, Some(_)) => {
+            return Err(KinesisError::invalid(
+                "ShardCount cannot be specified for a stream in ON_DEMAND mode.",
+            ));
+        }
+        (StreamMode::Provisioned, None) => {
+            return Err(KinesisError::invalid(
+                "ShardCount is required for a stream in PROVISIONED mode.",
+            ));
+        }
+        (StreamMode::Provisioned, Some(n)) => {
+            u32::try_from(n).map_err(|_| KinesisError::invalid("ShardCount is too large."))?
+        }
+    };
+    streams.create_stream_in_mode(&name, shards, mode, UnixMillis::now())?;
     if let Some(tags) = body.string_map("Tags")? {
         streams.add_tags(&name, tags.into_iter().collect())?;
     }
@@ -126,13 +150,39 @@ fn delete_stream(streams: &Streams, body: Body) -> Reply {
 }
 
 fn shard_json(shard: &streams::ShardDescription) -> Value {
-    json!({
+    let mut out = json!({
         "ShardId": shard.shard_id,
         "HashKeyRange": {
             "StartingHashKey": shard.range.start.to_string(),
             "EndingHashKey": shard.range.end.to_string(),
         },
         "SequenceNumberRange": { "StartingSequenceNumber": shard.starting_sequence_number },
+    });
+    if let Some(end) = &shard.ending_sequence_number {
+        out["SequenceNumberRange"]["EndingSequenceNumber"] = json!(end);
+    }
+    if let Some(parent) = &shard.parent_shard_id {
+        out["ParentShardId"] = json!(parent);
+    }
+    if let Some(adjacent) = &shard.adjacent_parent_shard_id {
+        out["AdjacentParentShardId"] = json!(adjacent);
+    }
+    out
+}
+
+/// `StreamModeDetails.StreamMode`, when given.
+fn stream_mode(body: &Body) -> Result<Option<StreamMode>, KinesisError> {
+    let Some(details) = body.0.get("StreamModeDetails").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let mode = details
+        .get("StreamMode")
+        .and_then(Value::as_str)
+        .ok_or_else(|| missing("StreamModeDetails.StreamMode"))?;
+    StreamMode::parse(mode).map(Some).ok_or_else(|| {
+        KinesisError::validation(format!(
+            "1 validation error detected: Value '{mode}' at 'streamModeDetails.streamMode' failed to satisfy constraint: Member must satisfy enum value set: [PROVISIONED, ON_DEMAND]"
+        ))
     })
 }
 
@@ -140,8 +190,8 @@ fn common(d: &StreamDescription) -> serde_json::Map<String, Value> {
     let value = json!({
         "StreamName": d.name,
         "StreamARN": d.arn,
-        "StreamStatus": "ACTIVE",
-        "StreamModeDetails": { "StreamMode": "PROVISIONED" },
+        "StreamStatus": d.status,
+        "StreamModeDetails": { "StreamMode": d.mode.as_str() },
         "RetentionPeriodHours": d.retention_hours,
         "StreamCreationTimestamp": secs(d.created_ms),
         "EnhancedMonitoring": [{ "ShardLevelMetrics": [] }],
@@ -187,7 +237,7 @@ fn describe_stream_summary(streams: &Streams, body: Body) -> Reply {
     let name = stream_name(streams, &body)?;
     let d = streams.describe(&name)?;
     let mut out = common(&d);
-    out.insert("OpenShardCount".into(), json!(d.shards.len()));
+    out.insert("OpenShardCount".into(), json!(d.open_shard_count));
     out.insert("ConsumerCount".into(), json!(0));
     Ok(json!({ "StreamDescriptionSummary": out }))
 }
@@ -212,8 +262,8 @@ fn list_streams(streams: &Streams, body: Body) -> Reply {
             summaries.push(json!({
                 "StreamName": d.name,
                 "StreamARN": d.arn,
-                "StreamStatus": "ACTIVE",
-                "StreamModeDetails": { "StreamMode": "PROVISIONED" },
+                "StreamStatus": d.status,
+                "StreamModeDetails": { "StreamMode": d.mode.as_str() },
                 "StreamCreationTimestamp": secs(d.created_ms),
             }));
         }
@@ -256,7 +306,9 @@ fn list_shards(streams: &Streams, body: Body) -> Reply {
             body.string("ExclusiveStartShardId", 1, 128)?,
         ),
     };
-    let d = streams.describe(&name)?;
+    let filter = shard_filter(&body)?;
+    let mut d = streams.describe(&name)?;
+    d.shards = streams.list_shards(&name, &filter, UnixMillis::now())?;
     let (shards, more) = page_shards(&d, start.as_deref(), limit);
     let mut out = json!({ "Shards": shards.iter().map(|s| shard_json(s)).collect::<Vec<_>>() });
     if more && let Some(last) = shards.last() {
@@ -395,11 +447,31 @@ fn get_records(streams: &Streams, body: Body) -> Reply {
             })
         })
         .collect();
-    Ok(json!({
+    let mut reply = json!({
         "Records": records,
-        "NextShardIterator": out.next_shard_iterator,
         "MillisBehindLatest": out.millis_behind_latest,
-    }))
+    });
+    match out.next_shard_iterator {
+        Some(next) => reply["NextShardIterator"] = json!(next),
+        None => {
+            let children: Vec<Value> = out
+                .child_shards
+                .iter()
+                .map(|c| {
+                    json!({
+                        "ShardId": c.shard_id,
+                        "ParentShards": c.parent_shards,
+                        "HashKeyRange": {
+                            "StartingHashKey": c.range.start.to_string(),
+                            "EndingHashKey": c.range.end.to_string(),
+                        },
+                    })
+                })
+                .collect();
+            reply["ChildShards"] = json!(children);
+        }
+    }
+    Ok(reply)
 }
 
 fn retention(streams: &Streams, body: Body, increase: bool) -> Reply {
@@ -459,16 +531,115 @@ fn list_tags(streams: &Streams, body: Body) -> Reply {
 }
 
 fn describe_limits(streams: &Streams) -> Reply {
-    let mut open = 0;
+    let (mut open, mut on_demand) = (0, 0);
     for name in streams.list_streams()? {
         if let Ok(d) = streams.describe(&name) {
-            open += d.shards.len();
+            open += d.open_shard_count;
+            on_demand += usize::from(d.mode == StreamMode::OnDemand);
         }
     }
     Ok(json!({
         "ShardLimit": SHARD_LIMIT,
         "OpenShardCount": open,
-        "OnDemandStreamCount": 0,
+        "OnDemandStreamCount": on_demand,
         "OnDemandStreamCountLimit": 50,
     }))
+}
+
+/// ListShards' `ShardFilter`, when given.
+fn shard_filter(body: &Body) -> Result<ShardFilter, KinesisError> {
+    let Some(value) = body.0.get("ShardFilter").filter(|v| !v.is_null()) else {
+        return Ok(ShardFilter::All);
+    };
+    let Value::Object(map) = value else {
+        return Err(KinesisError::new(
+            "SerializationException",
+            "Member ShardFilter has the wrong type.",
+        ));
+    };
+    let filter = Body(map.clone());
+    let kind = filter.required_string("Type", 1, 64)?;
+    let timestamp = || {
+        filter.timestamp("Timestamp")?.ok_or_else(|| {
+            KinesisError::invalid(format!(
+                "Timestamp must be provided for ShardFilter type {kind}."
+            ))
+        })
+    };
+    Ok(match kind.as_str() {
+        "AT_LATEST" => ShardFilter::AtLatest,
+        "AT_TRIM_HORIZON" => ShardFilter::AtTrimHorizon,
+        "FROM_TRIM_HORIZON" => ShardFilter::FromTrimHorizon,
+        "AFTER_SHARD_ID" => {
+            ShardFilter::AfterShardId(filter.string("ShardId", 1, 128)?.ok_or_else(|| {
+                KinesisError::invalid(
+                    "ShardId must be provided for ShardFilter type AFTER_SHARD_ID.",
+                )
+            })?)
+        }
+        "AT_TIMESTAMP" => ShardFilter::AtTimestamp(timestamp()?),
+        "FROM_TIMESTAMP" => ShardFilter::FromTimestamp(timestamp()?),
+        other => {
+            return Err(KinesisError::validation(format!(
+                "1 validation error detected: Value '{other}' at 'shardFilter.type' failed to satisfy constraint: Member must satisfy enum value set: [AFTER_SHARD_ID, AT_TRIM_HORIZON, FROM_TRIM_HORIZON, AT_LATEST, AT_TIMESTAMP, FROM_TIMESTAMP]"
+            )));
+        }
+    })
+}
+
+/// A hash key in decimal, as the model gives it (`0|([1-9]\d{0,38})`).
+fn hash_key(body: &Body, member: &str) -> Result<u128, KinesisError> {
+    let key = body.required_string(member, 1, 39)?;
+    let canonical =
+        key == "0" || (!key.starts_with('0') && key.bytes().all(|b| b.is_ascii_digit()));
+    match key.parse::<u128>() {
+        Ok(v) if canonical => Ok(v),
+        _ => Err(pattern_error(member, &key, "0|([1-9]\\d{0,38})")),
+    }
+}
+
+fn split_shard(streams: &Streams, body: Body) -> Reply {
+    let name = stream_name(streams, &body)?;
+    let shard = body.required_string("ShardToSplit", 1, 128)?;
+    let key = hash_key(&body, "NewStartingHashKey")?;
+    streams.split_shard(&name, &shard, key, UnixMillis::now())?;
+    Ok(json!({}))
+}
+
+fn merge_shards(streams: &Streams, body: Body) -> Reply {
+    let name = stream_name(streams, &body)?;
+    let shard = body.required_string("ShardToMerge", 1, 128)?;
+    let adjacent = body.required_string("AdjacentShardToMerge", 1, 128)?;
+    streams.merge_shards(&name, &shard, &adjacent, UnixMillis::now())?;
+    Ok(json!({}))
+}
+
+fn update_shard_count(streams: &Streams, body: Body) -> Reply {
+    let name = stream_name(streams, &body)?;
+    let target = body
+        .integer("TargetShardCount", 1, i64::from(u32::MAX))?
+        .ok_or_else(|| missing("TargetShardCount"))?;
+    let scaling = body
+        .string("ScalingType", 1, 64)?
+        .ok_or_else(|| missing("ScalingType"))?;
+    if scaling != "UNIFORM_SCALING" {
+        return Err(KinesisError::validation(format!(
+            "1 validation error detected: Value '{scaling}' at 'scalingType' failed to satisfy constraint: Member must satisfy enum value set: [UNIFORM_SCALING]"
+        )));
+    }
+    let target = u32::try_from(target).unwrap_or(u32::MAX);
+    let current = streams.update_shard_count(&name, target, UnixMillis::now())?;
+    Ok(json!({
+        "StreamName": name,
+        "StreamARN": streams.arn(&name),
+        "CurrentShardCount": current,
+        "TargetShardCount": target,
+    }))
+}
+
+fn update_stream_mode(streams: &Streams, body: Body) -> Reply {
+    let name = stream_name(streams, &body)?;
+    let mode = stream_mode(&body)?.ok_or_else(|| missing("StreamModeDetails"))?;
+    streams.update_stream_mode(&name, mode, UnixMillis::now())?;
+    Ok(json!({}))
 }
