@@ -21,10 +21,11 @@
 //!   `LIST_FRAGMENTS_MAX` results per listing.
 
 mod dedup;
-mod index;
+pub mod index;
 mod meta;
 mod number;
 mod record;
+pub mod segment_index;
 mod stream;
 mod types;
 mod update;
