@@ -330,6 +330,14 @@ impl Stream {
         }
     }
 
+    /// Index-file entries read so far: (binary-search probes, entries in listed ranges).
+    pub fn index_entries_read(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let state = self.lock_state();
+        let counter = state.index.counter();
+        (counter.probes.load(Relaxed), counter.ranged.load(Relaxed))
+    }
+
     pub fn list(&self, query: &ListQuery) -> Result<Vec<FragmentSummary>, StoreError> {
         self.lock_state()
             .index
