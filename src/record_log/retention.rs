@@ -162,7 +162,12 @@ mod tests {
 
     #[test]
     fn held_segments_stay_without_stopping_the_others() {
-        let ages = [seg(0, 10, true), seg(1, 20, true), seg(2, 30, true), seg(3, 99, false)];
+        let ages = [
+            seg(0, 10, true),
+            seg(1, 20, true),
+            seg(2, 30, true),
+            seg(3, 99, false),
+        ];
         let segments: Vec<HeldAge> = ages
             .iter()
             .map(|&age| HeldAge {

@@ -112,14 +112,15 @@ impl EpochDedup {
             }
             return;
         }
-        let extends_previous = self
-            .runs
-            .range(..sequence_start)
-            .next_back()
-            .and_then(|(&start, run)| {
-                (start + run.len == sequence_start && run.number_start + run.len == number_start)
-                    .then_some(start)
-            });
+        let extends_previous =
+            self.runs
+                .range(..sequence_start)
+                .next_back()
+                .and_then(|(&start, run)| {
+                    (start + run.len == sequence_start
+                        && run.number_start + run.len == number_start)
+                        .then_some(start)
+                });
         let start = match extends_previous {
             Some(start) => {
                 if let Some(run) = self.runs.get_mut(&start) {

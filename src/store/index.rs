@@ -19,9 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
-use super::segment_index::{
-    EntryCounter, IndexFileError, IndexReader, SegmentSummary, timestamp,
-};
+use super::segment_index::{EntryCounter, IndexFileError, IndexReader, SegmentSummary, timestamp};
 use super::{FragmentNumber, FragmentSummary, TimestampKind};
 use crate::fragment::UnixMillis;
 use crate::record_log::RecordPos;
@@ -137,7 +135,10 @@ impl FragmentIndex {
         if let Some(span) = self.segments.get(&segment) {
             return Some(*span);
         }
-        let i = self.sealed.binary_search_by_key(&segment, |s| s.segment).ok()?;
+        let i = self
+            .sealed
+            .binary_search_by_key(&segment, |s| s.segment)
+            .ok()?;
         let s = &self.sealed[i];
         Some(SegmentSpan {
             first_number: s.first_number,

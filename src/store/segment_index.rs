@@ -399,7 +399,12 @@ impl<'a> IndexReader<'a> {
     }
 
     /// Entry positions (number order) of ranks `[from, to)` in `kind` order.
-    fn positions(&self, kind: TimestampKind, from: u64, to: u64) -> Result<Vec<u64>, IndexFileError> {
+    fn positions(
+        &self,
+        kind: TimestampKind,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<u64>, IndexFileError> {
         let Some(perm_at) = self.summary.perm_at(kind) else {
             return Ok((from..to).collect());
         };
@@ -547,20 +552,38 @@ mod tests {
         assert_eq!(loaded.runs.len(), 1);
         assert_eq!((loaded.first_number, loaded.last_number), (100, 1099));
         let size = fs::metadata(index_path(dir.path(), 3)).unwrap().len();
-        assert_eq!(size, HEADER_BYTES + 1000 * ENTRY_BYTES + RUN_BYTES + CRC_BYTES);
+        assert_eq!(
+            size,
+            HEADER_BYTES + 1000 * ENTRY_BYTES + RUN_BYTES + CRC_BYTES
+        );
         let counter = EntryCounter::default();
         let reader = IndexReader::open(dir.path(), &loaded, &counter).unwrap();
         let got = reader
-            .range(TimestampKind::Producer, (201_000, 0), false, (219_000, u64::MAX), 1000)
+            .range(
+                TimestampKind::Producer,
+                (201_000, 0),
+                false,
+                (219_000, u64::MAX),
+                1000,
+            )
             .unwrap();
         assert_eq!(got, strip(written[100..=109].to_vec()));
         assert_eq!(counter.ranged.load(Ordering::Relaxed), 10);
         assert!(counter.probes.load(Ordering::Relaxed) <= 2 * 11);
         let paged = reader
-            .range(TimestampKind::Server, (201_000, 200), true, (219_000, u64::MAX), 3)
+            .range(
+                TimestampKind::Server,
+                (201_000, 200),
+                true,
+                (219_000, u64::MAX),
+                3,
+            )
             .unwrap();
         assert_eq!(paged, strip(written[101..=103].to_vec()));
-        assert_eq!(reader.find(150).unwrap(), Some(strip(written[50..51].to_vec())[0].1));
+        assert_eq!(
+            reader.find(150).unwrap(),
+            Some(strip(written[50..51].to_vec())[0].1)
+        );
         assert_eq!(reader.find(5000).unwrap(), None);
     }
 
@@ -572,7 +595,13 @@ mod tests {
         let counter = EntryCounter::default();
         let reader = IndexReader::open(dir.path(), &summary, &counter).unwrap();
         let got = reader
-            .range(TimestampKind::Producer, (0, 0), false, (u64::MAX, u64::MAX), 3)
+            .range(
+                TimestampKind::Producer,
+                (0, 0),
+                false,
+                (u64::MAX, u64::MAX),
+                3,
+            )
             .unwrap();
         let numbers: Vec<u64> = got.iter().map(|(n, _)| *n).collect();
         assert_eq!(numbers, vec![149, 148, 147]);

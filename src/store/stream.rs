@@ -339,28 +339,25 @@ impl Stream {
     }
 
     pub fn list(&self, query: &ListQuery) -> Result<Vec<FragmentSummary>, StoreError> {
-        self.lock_state()
-            .index
-            .list(query)
-            .map_err(|e| match e {
-                ListError::NotFound(number) => StoreError::FragmentNotFound {
-                    stream: self.name.clone(),
-                    number,
-                },
-                ListError::File(e) => e.into(),
-            })
+        self.lock_state().index.list(query).map_err(|e| match e {
+            ListError::NotFound(number) => StoreError::FragmentNotFound {
+                stream: self.name.clone(),
+                number,
+            },
+            ListError::File(e) => e.into(),
+        })
     }
 
     /// The fragment's summary from the in-memory index, without reading its payload.
     pub fn summary(&self, number: FragmentNumber) -> Result<FragmentSummary, StoreError> {
-        let entry = self
-            .lock_state()
-            .index
-            .get(number.0)?
-            .ok_or_else(|| StoreError::FragmentNotFound {
-                stream: self.name.clone(),
-                number,
-            })?;
+        let entry =
+            self.lock_state()
+                .index
+                .get(number.0)?
+                .ok_or_else(|| StoreError::FragmentNotFound {
+                    stream: self.name.clone(),
+                    number,
+                })?;
         Ok(summarize(number.0, &entry))
     }
 
@@ -534,7 +531,9 @@ fn remove_index_files(log_dir: &Path, segments: &[u64]) {
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "Could not remove an index file."),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "Could not remove an index file.")
+            }
         }
     }
     if let Err(e) = crate::record_log::sync_dir(log_dir) {

@@ -666,13 +666,27 @@ async fn sealed_segments_are_served_from_index_files_and_rebuilt_when_damaged() 
     let expect: Vec<u64> = (10..=19).collect();
     let window = |store: &Store, kind| {
         store
-            .list_fragments(&cam, kind, UnixMillis(T0 + 20_000), UnixMillis(T0 + 38_000), None, 100)
+            .list_fragments(
+                &cam,
+                kind,
+                UnixMillis(T0 + 20_000),
+                UnixMillis(T0 + 38_000),
+                None,
+                100,
+            )
             .unwrap()
     };
     assert_eq!(numbers(&window(&store, TimestampKind::Producer)), expect);
     assert_eq!(numbers(&window(&store, TimestampKind::Server)), expect);
     let all = store
-        .list_fragments(&cam, TimestampKind::Producer, UnixMillis(0), UnixMillis(u64::MAX), None, 1000)
+        .list_fragments(
+            &cam,
+            TimestampKind::Producer,
+            UnixMillis(0),
+            UnixMillis(u64::MAX),
+            None,
+            1000,
+        )
         .unwrap();
     assert_eq!(numbers(&all), (0..60).collect::<Vec<_>>());
     drop(store);
@@ -700,14 +714,25 @@ async fn sealed_segments_are_served_from_index_files_and_rebuilt_when_damaged() 
         assert_eq!(payload, fragment("cam-i", 4, seq, 0).payload);
     }
     // Dedup survives from the index files' runs, and numbering continues.
-    let again = store.append(fragment("cam-i", 4, 12, T0), UnixMillis(T0)).await.unwrap();
+    let again = store
+        .append(fragment("cam-i", 4, 12, T0), UnixMillis(T0))
+        .await
+        .unwrap();
     assert_eq!(again, Appended::Duplicate(FragmentNumber(12)));
     assert_eq!(store.open_producer(&cam, 4, UnixMillis(T0)).unwrap(), 60);
-    let next = store.append(fragment("cam-i", 4, 60, T0 + 120_000), UnixMillis(T0 + 120_000)).await.unwrap();
+    let next = store
+        .append(
+            fragment("cam-i", 4, 60, T0 + 120_000),
+            UnixMillis(T0 + 120_000),
+        )
+        .await
+        .unwrap();
     assert_eq!(next, Appended::Stored(FragmentNumber(60)));
 
     // Retention deletes sealed segments together with their index files.
-    let deleted = store.enforce_retention(UnixMillis(T0 + 100 * HOUR_MS)).unwrap();
+    let deleted = store
+        .enforce_retention(UnixMillis(T0 + 100 * HOUR_MS))
+        .unwrap();
     assert!(deleted >= 5);
     assert!(index_files(dir.path(), "cam-i").is_empty());
 }
