@@ -331,6 +331,7 @@ impl Stream {
     }
 
     /// Index-file entries read so far: (binary-search probes, entries in listed ranges).
+    #[cfg(test)]
     pub fn index_entries_read(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         let state = self.lock_state();
