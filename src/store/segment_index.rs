@@ -286,7 +286,7 @@ pub fn load_summary(log_dir: &Path, segment: u64) -> Result<SegmentSummary, Inde
         reason,
     };
     let len = fs::metadata(&path).map_err(io_err(&path))?.len();
-    if len > INDEX_FILE_BYTES_MAX || len < HEADER_BYTES + CRC_BYTES {
+    if !(HEADER_BYTES + CRC_BYTES..=INDEX_FILE_BYTES_MAX).contains(&len) {
         return Err(damaged("size out of bounds"));
     }
     let bytes = fs::read(&path).map_err(io_err(&path))?;
