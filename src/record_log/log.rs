@@ -82,6 +82,18 @@ impl RecordLog {
     pub fn open_scanning<E: From<LogError>>(
         dir: &Path,
         config: LogConfig,
+        f: impl FnMut(RecordPos, &[u8]) -> Result<(), E>,
+    ) -> Result<(RecordLog, Recovery), E> {
+        Self::open_selective(dir, config, |_| false, f)
+    }
+
+    /// Like `open_scanning`, but sealed segments for which `indexed` answers true are neither
+    /// read nor checked (their owner holds a checked index of them; each record still carries
+    /// its own checksum, verified on every read). The last segment is always scanned.
+    pub fn open_selective<E: From<LogError>>(
+        dir: &Path,
+        config: LogConfig,
+        indexed: impl Fn(u64) -> bool,
         mut f: impl FnMut(RecordPos, &[u8]) -> Result<(), E>,
     ) -> Result<(RecordLog, Recovery), E> {
         validate_config(&config)?;
@@ -95,6 +107,10 @@ impl RecordLog {
         };
         let mut sealed = BTreeMap::new();
         for &id in earlier {
+            if indexed(id) {
+                sealed.insert(id, indexed_segment_bytes(dir, id)?);
+                continue;
+            }
             let (bytes, records) = check_sealed(dir, id, config.record_bytes_max, &mut f)?;
             sealed.insert(id, bytes);
             recovery.records += records;
@@ -247,6 +263,16 @@ fn validate_config(config: &LogConfig) -> Result<(), LogError> {
         ));
     }
     Ok(())
+}
+
+/// Size of a sealed segment that is not scanned, after checking its header.
+fn indexed_segment_bytes(dir: &Path, id: u64) -> Result<u64, LogError> {
+    let path = segment_path(dir, id);
+    let file = File::open(&path).map_err(|e| LogError::io(&path, e))?;
+    if !check_header(&file, &path)? {
+        return Err(LogError::BadSegmentHeader { path });
+    }
+    Ok(file.metadata().map_err(|e| LogError::io(&path, e))?.len())
 }
 
 /// Checks a segment that must be intact end to end; returns (bytes, records).

@@ -5,7 +5,9 @@
 //! - the active (unsealed) segment is never deleted;
 //! - a segment is deleted only if its newest record is strictly older than `now - retention`;
 //! - deletion takes a prefix of the segments in id order, so the log never gets a hole in the
-//!   middle (a segment older than its predecessor's newest would otherwise be skipped over).
+//!   middle (a segment older than its predecessor's newest would otherwise be skipped over);
+//! - a held segment (an event clip on hold lives in it) is kept, but does not stop the prefix:
+//!   the expired segments around it still go.
 
 use crate::fragment::UnixMillis;
 
@@ -18,15 +20,37 @@ pub struct SegmentAge {
     pub sealed: bool,
 }
 
+/// A segment's age and whether something holds it (an event clip on hold lives in it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldAge {
+    pub age: SegmentAge,
+    /// Kept whatever its age.
+    pub held: bool,
+}
+
 /// Ids of the segments to delete, oldest first.
 pub fn expired_segments(segments: &[SegmentAge], retention_ms: u64, now: UnixMillis) -> Vec<u64> {
+    let unheld: Vec<HeldAge> = segments
+        .iter()
+        .map(|&age| HeldAge { age, held: false })
+        .collect();
+    expired_unheld_segments(&unheld, retention_ms, now)
+}
+
+/// Like `expired_segments`, keeping held segments (which do not stop the prefix).
+pub fn expired_unheld_segments(
+    segments: &[HeldAge],
+    retention_ms: u64,
+    now: UnixMillis,
+) -> Vec<u64> {
     let cutoff = now.0.saturating_sub(retention_ms);
-    let mut ordered: Vec<&SegmentAge> = segments.iter().collect();
-    ordered.sort_unstable_by_key(|s| s.id);
+    let mut ordered: Vec<&HeldAge> = segments.iter().collect();
+    ordered.sort_unstable_by_key(|s| s.age.id);
     ordered
         .into_iter()
-        .take_while(|s| s.sealed && s.newest_ms.0 < cutoff)
-        .map(|s| s.id)
+        .take_while(|s| s.age.sealed && s.age.newest_ms.0 < cutoff)
+        .filter(|s| !s.held)
+        .map(|s| s.age.id)
         .collect()
 }
 
@@ -134,6 +158,25 @@ mod tests {
             );
             assert_eq!(got, case.expected, "{}", case.name);
         }
+    }
+
+    #[test]
+    fn held_segments_stay_without_stopping_the_others() {
+        let ages = [
+            seg(0, 10, true),
+            seg(1, 20, true),
+            seg(2, 30, true),
+            seg(3, 99, false),
+        ];
+        let segments: Vec<HeldAge> = ages
+            .iter()
+            .map(|&age| HeldAge {
+                age,
+                held: age.id == 1,
+            })
+            .collect();
+        let got = expired_unheld_segments(&segments, 5 * HOUR_MS, UnixMillis(100 * HOUR_MS));
+        assert_eq!(got, vec![0, 2]);
     }
 
     #[test]

@@ -98,6 +98,45 @@ impl EpochDedup {
         self.advance_watermark();
     }
 
+    /// Records a run of `len` consecutive stored sequences (replayed from an index file).
+    /// A run that overlaps what is known already is replayed one sequence at a time.
+    pub fn insert_run(&mut self, sequence_start: u64, number_start: u64, len: u64) {
+        let end = sequence_start.saturating_add(len);
+        let overlaps = matches!(self.lookup(sequence_start), Seen::Stored(_))
+            || self.runs.range(sequence_start..end).next().is_some();
+        if overlaps {
+            for i in 0..len {
+                if !matches!(self.lookup(sequence_start + i), Seen::Stored(_)) {
+                    self.insert(sequence_start + i, number_start + i);
+                }
+            }
+            return;
+        }
+        let extends_previous =
+            self.runs
+                .range(..sequence_start)
+                .next_back()
+                .and_then(|(&start, run)| {
+                    (start + run.len == sequence_start
+                        && run.number_start + run.len == number_start)
+                        .then_some(start)
+                });
+        let start = match extends_previous {
+            Some(start) => {
+                if let Some(run) = self.runs.get_mut(&start) {
+                    run.len += len;
+                }
+                start
+            }
+            None => {
+                self.runs.insert(sequence_start, Run { number_start, len });
+                sequence_start
+            }
+        };
+        self.merge_next(start);
+        self.advance_watermark();
+    }
+
     /// Joins the run at `start` with the one right after it when both sequence and number
     /// continue.
     fn merge_next(&mut self, start: u64) {
@@ -136,6 +175,24 @@ impl EpochDedup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_replayed_in_bulk_match_runs_built_one_by_one() {
+        let mut one = EpochDedup::default();
+        for s in (0..100).chain(150..200) {
+            one.insert(s, 1000 + s);
+        }
+        let mut bulk = EpochDedup::default();
+        bulk.insert_run(150, 1150, 50);
+        bulk.insert_run(0, 1000, 60);
+        bulk.insert_run(60, 1060, 40);
+        bulk.insert_run(10, 1010, 5);
+        assert_eq!(bulk.runs(), one.runs());
+        assert_eq!(bulk.watermark(), one.watermark());
+        for s in 0..210 {
+            assert_eq!(bulk.lookup(s), one.lookup(s), "sequence {s}");
+        }
+    }
 
     #[test]
     fn in_order_sequences_are_one_run() {

@@ -13,18 +13,23 @@
 //!   is persisted.
 //! - Fragment numbers rise with log order; server timestamps come from `now` but never go
 //!   backwards within a stream.
-//! - Indexes (number, producer time, server time, per-segment spans) live in memory and are
-//!   rebuilt from one scan of the log at open; listing a time range costs O(log n + results).
+//! - Each sealed log segment has an index file (`segment_index`: 48 bytes per fragment,
+//!   written when it seals) and keeps only a summary in memory (about 150 bytes per segment);
+//!   the open segment is indexed in memory (number, producer time, server time). Open loads
+//!   index files and scans only the open segment and any sealed one whose index file is
+//!   missing or damaged (rebuilding it). Listing a time range binary-searches the summaries,
+//!   then each overlapping index file, and reads only the entries it returns.
 //! - Retention deletes whole sealed segments whose newest server timestamp is older than
 //!   `now - retention` (the pure policy in `record_log::retention`); a decrease applies at once.
 //! - Limits: `STREAMS_MAX` streams, `StoreConfig::fragment_bytes_max` per fragment,
 //!   `LIST_FRAGMENTS_MAX` results per listing.
 
 mod dedup;
-mod index;
+pub mod index;
 mod meta;
 mod number;
 mod record;
+pub mod segment_index;
 mod stream;
 mod types;
 mod update;

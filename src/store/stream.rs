@@ -12,13 +12,14 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::dedup::{EpochDedup, Seen};
-use super::index::{Entry, FragmentIndex, ListQuery, summarize};
+use super::index::{Entry, FragmentIndex, ListError, ListQuery, summarize};
 use super::record::{RECORD_HEADER_BYTES, RecordHeader, patch_assigned};
+use super::segment_index::{self, IndexFileError, SegmentSummary};
 use super::{Appended, FragmentNumber, FragmentSummary, StoreError, StreamInfo};
 use crate::fragment::{Fragment, FragmentId, StreamName, UnixMillis};
 use crate::record_log::{
     GroupCommit, GroupCommitConfig, LogConfig, LogReader, RecordLog, RecordPos,
-    retention::{self, SegmentAge},
+    retention::{self, HeldAge, SegmentAge},
 };
 
 const HOUR_MS: u64 = 3_600_000;
@@ -36,6 +37,8 @@ struct State {
     pending: HashMap<Key, watch::Receiver<()>>,
     /// Numbers handed out whose append has not reached the index yet.
     inflight: BTreeSet<u64>,
+    /// Segments whose index file is being written now.
+    sealing: BTreeSet<u64>,
 }
 
 #[derive(Debug)]
@@ -79,24 +82,54 @@ enum Reserve {
 }
 
 impl Stream {
-    /// Opens the stream in `dir`, rebuilding its indexes from its log.
+    /// Opens the stream in `dir`: sealed segments come back from their index files; the
+    /// open segment, and any sealed one whose index file is missing or damaged, are scanned
+    /// (and the latter get a fresh index file).
     pub fn open(
         dir: &Path,
         info: StreamInfo,
         log_config: LogConfig,
     ) -> Result<Arc<Stream>, StoreError> {
-        let mut state = State::default();
+        let log_dir = dir.join("log");
+        let mut state = State {
+            index: FragmentIndex::new(&log_dir),
+            ..State::default()
+        };
         let mut submit = Submit {
             next_number: 0,
             last_server_ms: 0,
         };
-        let log_dir = dir.join("log");
-        let (log, recovery) = RecordLog::open_scanning(&log_dir, log_config, |pos, bytes| {
-            rebuild_one(&mut state, &mut submit, &log_dir, pos, bytes)
-        })?;
+        let loaded = std::cell::RefCell::new(Vec::new());
+        let indexed = |id| match segment_index::load_summary(&log_dir, id) {
+            Ok(summary) => {
+                loaded.borrow_mut().push(summary);
+                true
+            }
+            Err(IndexFileError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                false
+            }
+            Err(e) => {
+                tracing::warn!(stream = %info.name, error = %e, "Rebuilding a segment index from its log.");
+                false
+            }
+        };
+        let (log, recovery) =
+            RecordLog::open_selective(&log_dir, log_config, indexed, |pos, bytes| {
+                rebuild_one(&mut state, &mut submit, &log_dir, pos, bytes)
+            })?;
         if recovery.bytes_truncated > 0 {
             tracing::warn!(stream = %info.name, bytes = recovery.bytes_truncated, "Recovered a stream log with a damaged tail.");
         }
+        restore_sealed(&mut state, &mut submit, loaded.into_inner());
+        let scanned_sealed: Vec<u64> = log
+            .segments()
+            .iter()
+            .filter(|s| s.sealed)
+            .map(|s| s.id)
+            .collect();
+        index_sealed(&mut state, &log_dir, &scanned_sealed);
         let reader = log.reader();
         let writer = GroupCommit::start(log, GroupCommitConfig::default())?;
         Ok(Arc::new(Stream {
@@ -157,7 +190,7 @@ impl Stream {
             epoch_watermark: 0,
         };
         let record = header.encode_with(&fragment.payload);
-        let (reply, number, server_ms) = self
+        let (reply, number, server_ms, epoch_watermark) = self
             .submit_record(record, id.epoch, now, &mut reservation)
             .await?;
         // Finish in a task of its own: if the caller stops waiting, a durable record still
@@ -175,9 +208,11 @@ impl Stream {
                 size_bytes: header.payload_len,
                 epoch: header.epoch,
                 sequence: header.sequence,
+                epoch_watermark,
             };
             stream.record_stored(number, entry);
             drop(reservation);
+            stream.seal_completed();
             Ok::<_, StoreError>(Appended::Stored(FragmentNumber(number)))
         });
         finish
@@ -198,6 +233,7 @@ impl Stream {
             tokio::sync::oneshot::Receiver<Result<RecordPos, crate::record_log::LogError>>,
             u64,
             u64,
+            u64,
         ),
         StoreError,
     > {
@@ -214,7 +250,7 @@ impl Stream {
         let reply = self.writer.submit(record).await?;
         submit.next_number = number + 1;
         submit.last_server_ms = server_ms;
-        Ok((reply, number, server_ms))
+        Ok((reply, number, server_ms, watermark))
     }
 
     fn record_stored(&self, number: u64, entry: Entry) {
@@ -267,27 +303,63 @@ impl Stream {
         Err(StoreError::Log(crate::record_log::LogError::WriterStopped))
     }
 
+    /// Writes the index file of every in-memory segment that has sealed and whose appends
+    /// have all reached the index, then serves it from that file.
+    fn seal_completed(&self) {
+        let (segment, entries) = {
+            let mut state = self.lock_state();
+            let Some(segment) = completed_segment(&state) else {
+                return;
+            };
+            state.sealing.insert(segment);
+            (segment, state.index.memory_entries(segment))
+        };
+        let log_dir = self.dir.join("log");
+        let written = segment_index::write_index(&log_dir, segment, &entries);
+        let mut state = self.lock_state();
+        state.sealing.remove(&segment);
+        match written {
+            // Retention may have removed the segment meanwhile: then the file goes too.
+            Ok(summary) if state.index.span(segment).is_some() => {
+                state.index.attach_sealed(vec![summary]);
+            }
+            Ok(_) => remove_index_files(&log_dir, &[segment]),
+            Err(e) => {
+                tracing::warn!(stream = %self.name, segment, error = %e, "Kept a sealed segment indexed in memory.");
+            }
+        }
+    }
+
+    /// Index-file entries read so far: (binary-search probes, entries in listed ranges).
+    #[cfg(test)]
+    pub fn index_entries_read(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let state = self.lock_state();
+        let counter = state.index.counter();
+        (counter.probes.load(Relaxed), counter.ranged.load(Relaxed))
+    }
+
     pub fn list(&self, query: &ListQuery) -> Result<Vec<FragmentSummary>, StoreError> {
-        self.lock_state()
-            .index
-            .list(query)
-            .map_err(|number| StoreError::FragmentNotFound {
+        self.lock_state().index.list(query).map_err(|e| match e {
+            ListError::NotFound(number) => StoreError::FragmentNotFound {
                 stream: self.name.clone(),
                 number,
-            })
+            },
+            ListError::File(e) => e.into(),
+        })
     }
 
     /// The fragment's summary from the in-memory index, without reading its payload.
     pub fn summary(&self, number: FragmentNumber) -> Result<FragmentSummary, StoreError> {
-        let state = self.lock_state();
-        let entry = state
-            .index
-            .get(number.0)
-            .ok_or_else(|| StoreError::FragmentNotFound {
-                stream: self.name.clone(),
-                number,
-            })?;
-        Ok(summarize(number.0, entry))
+        let entry =
+            self.lock_state()
+                .index
+                .get(number.0)?
+                .ok_or_else(|| StoreError::FragmentNotFound {
+                    stream: self.name.clone(),
+                    number,
+                })?;
+        Ok(summarize(number.0, &entry))
     }
 
     pub fn read(&self, number: FragmentNumber) -> Result<(FragmentSummary, Bytes), StoreError> {
@@ -295,10 +367,10 @@ impl Stream {
             stream: self.name.clone(),
             number,
         };
-        let entry = *self
+        let entry = self
             .lock_state()
             .index
-            .get(number.0)
+            .get(number.0)?
             .ok_or_else(not_found)?;
         let record = match self.reader.read(entry.pos) {
             Err(crate::record_log::LogError::SegmentNotFound { .. }) => return Err(not_found()),
@@ -325,13 +397,17 @@ impl Stream {
         let retention_ms = u64::from(self.lock_info().data_retention_hours) * HOUR_MS;
         let mut state = self.lock_state();
         let mut log = self.writer.lock_log()?;
-        let ages = segment_ages(&state, &log.segments());
-        let expired = retention::expired_segments(&ages, retention_ms, now);
+        let ages: Vec<HeldAge> = segment_ages(&state, &log.segments())
+            .into_iter()
+            .map(|age| HeldAge { age, held: false })
+            .collect();
+        let expired = retention::expired_unheld_segments(&ages, retention_ms, now);
         if expired.is_empty() {
             return Ok(0);
         }
         log.remove_segments(&expired)?;
         drop(log);
+        remove_index_files(&self.dir.join("log"), &expired);
         let fragments: usize = expired
             .iter()
             .map(|&id| state.index.remove_segment(id))
@@ -400,9 +476,68 @@ fn rebuild_one(
             size_bytes: header.payload_len,
             epoch: header.epoch,
             sequence: header.sequence,
+            epoch_watermark: header.epoch_watermark,
         },
     );
     submit.next_number = submit.next_number.max(header.number + 1);
     submit.last_server_ms = submit.last_server_ms.max(header.server_ms);
     Ok(())
+}
+
+/// Replays what the loaded index files know: dedup runs, numbering and server time.
+fn restore_sealed(state: &mut State, submit: &mut Submit, summaries: Vec<SegmentSummary>) {
+    for summary in &summaries {
+        for run in &summary.runs {
+            let dedup = state.dedup.entry(run.epoch).or_default();
+            dedup.insert_run(run.sequence_start, run.number_start, run.len);
+            dedup.observe_watermark(run.watermark);
+        }
+        submit.next_number = submit.next_number.max(summary.last_number + 1);
+        submit.last_server_ms = submit.last_server_ms.max(summary.server_ms.1);
+    }
+    state.index.attach_sealed(summaries);
+}
+
+/// Writes index files for sealed segments that open had to scan.
+fn index_sealed(state: &mut State, log_dir: &Path, sealed: &[u64]) {
+    let scanned: BTreeSet<u64> = state.index.memory_segments().into_iter().collect();
+    let mut written = Vec::new();
+    for &segment in sealed.iter().filter(|s| scanned.contains(s)) {
+        let entries = state.index.memory_entries(segment);
+        match segment_index::write_index(log_dir, segment, &entries) {
+            Ok(summary) => written.push(summary),
+            Err(e) => {
+                tracing::warn!(segment, error = %e, "Kept a sealed segment indexed in memory.");
+            }
+        }
+    }
+    state.index.attach_sealed(written);
+}
+
+/// The oldest in-memory segment that has sealed (a later segment holds records) and has no
+/// append in flight (every in-flight number is above the next segment's first number).
+fn completed_segment(state: &State) -> Option<u64> {
+    let segments = state.index.memory_segments();
+    let (&oldest, later) = segments.split_first()?;
+    let next_first = state.index.span(*later.first()?)?.first_number;
+    let min_inflight = state.inflight.first().copied().unwrap_or(u64::MAX);
+    (min_inflight > next_first && !state.sealing.contains(&oldest)).then_some(oldest)
+}
+
+/// Removes the index files of deleted segments; a failure only leaves a stray file that the
+/// next open ignores (no segment file matches it).
+fn remove_index_files(log_dir: &Path, segments: &[u64]) {
+    for &segment in segments {
+        let path = segment_index::index_path(log_dir, segment);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "Could not remove an index file.")
+            }
+        }
+    }
+    if let Err(e) = crate::record_log::sync_dir(log_dir) {
+        tracing::warn!(error = %e, "Could not sync a log directory after removing index files.");
+    }
 }

@@ -192,6 +192,23 @@ pub enum StoreError {
     Log(#[from] LogError),
 }
 
+impl From<super::segment_index::IndexFileError> for StoreError {
+    fn from(e: super::segment_index::IndexFileError) -> Self {
+        use super::segment_index::IndexFileError as E;
+        match e {
+            E::Io { path, source } => StoreError::Io { path, source },
+            E::Damaged { path, reason } => StoreError::Corrupt {
+                path,
+                reason: reason.to_string(),
+            },
+            other => StoreError::Corrupt {
+                path: PathBuf::new(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
 impl StoreError {
     pub(crate) fn io(path: &Path, source: io::Error) -> Self {
         StoreError::Io {
