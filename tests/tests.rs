@@ -4,5 +4,6 @@
 mod certs;
 mod harness;
 mod oracle;
+mod rtsp;
 mod spool;
 mod video_path;
