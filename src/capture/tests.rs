@@ -315,3 +315,23 @@ fn a_file_without_video_reports_a_pipeline_error() {
         "{end:?}"
     );
 }
+
+#[test]
+fn every_camera_in_the_board_profiles_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut sources = 0;
+    for entry in std::fs::read_dir(&dir).expect("configs/ exists") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !(name.starts_with("agent") && name.ends_with(".toml")) {
+            continue;
+        }
+        let config: crate::config::AgentConfig = crate::config::load(&path).expect("loads");
+        for camera in config.cameras {
+            let spec = camera.source.parse::<SourceSpec>();
+            assert!(spec.is_ok(), "{name}: {}: {spec:?}", camera.source);
+            sources += 1;
+        }
+    }
+    assert!(sources >= 7, "every board profile has a camera ({sources})");
+}
