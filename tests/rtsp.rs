@@ -144,7 +144,7 @@ fn assert_passed_through(transport: &str) {
     let first = &live_samples[0].data;
     let start = file_samples
         .iter()
-        .position(|s| &s.data == first)
+        .position(|s| s.data == *first)
         .unwrap_or_else(|| panic!("{transport}: the first RTSP access unit is not in the clip"));
     // The clip runs at 10 fps with a keyframe every 2 s: two fragments are 40 frames.
     assert!(
