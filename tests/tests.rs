@@ -5,6 +5,7 @@ mod alerts;
 mod certs;
 mod harness;
 mod oracle;
+mod rtsp;
 mod spool;
 mod streams_crash;
 mod video_path;

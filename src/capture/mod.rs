@@ -1,6 +1,12 @@
-//! GStreamer capture on the agent: a source (test pattern or recorded file; cameras later),
-//! an encoder where needed, and `h264parse ! appsink` with AVC access units, so the agent never
-//! decodes. Samples are cut into [`MediaFragment`]s by the pure [`Fragmenter`] and leave as
+//! GStreamer capture on the agent: a source (test pattern, recorded file, RTSP camera, V4L2
+//! USB camera, Raspberry Pi libcamera, Jetson Argus), an encoder where needed, and
+//! `h264parse ! appsink` with AVC access units. H.264 from a camera (RTSP, UVC cameras with
+//! native H.264) is passed through untouched; the agent decodes nothing with one exception: an
+//! MJPEG camera must be decoded to be encoded to H.264, the only codec the payload carries.
+//! H.265 RTSP cameras are refused with [`CaptureError::CodecUnsupported`] for the same reason.
+//! Live chains are data ([`Chain`]): built by element name, checked for missing elements
+//! before anything runs (a typed error naming the plugin package), printable in
+//! `gst-launch-1.0` syntax ([`launch_description`]). Samples are cut into [`MediaFragment`]s by the pure [`Fragmenter`] and leave as
 //! [`CaptureEvent`]s through a bounded channel.
 //!
 //! May import `crate::fragment` and `crate::media`.
@@ -12,20 +18,30 @@
 //!   The wait gives up when the capture is stopped, so stopping never deadlocks.
 //! - Errors and end of stream are watched on the bus by a separate thread: at end of stream
 //!   the last, partial fragment is flushed, then [`CaptureEvent::EndOfStream`] is sent; a
-//!   pipeline error becomes [`CaptureEvent::Error`]. Restarting is the caller's decision.
+//!   pipeline error becomes [`CaptureEvent::Error`]. A live source that delivers no sample for
+//!   [`LIVE_STALL_MS_MAX`] also ends with an error ([`CaptureError::Stalled`]): an RTSP camera
+//!   that vanished without closing its connection. Restarting is the caller's decision (the
+//!   agent restarts live sources with backoff).
 //! - Timestamps: sample times are microseconds since the Unix epoch: `origin + pts` for a file,
 //!   `origin + running time` for a live source. A raw Annex-B file carries no timestamps: they
 //!   are synthesized at [`DEFAULT_FRAME_RATE_FPS`] (frame index times the frame duration).
 
+mod chain;
 mod fragmenter;
 mod pipeline;
 mod source;
 #[cfg(test)]
 mod tests;
 
+pub use chain::{Chain, ElementSpec, Stage, plugin_package};
 pub use fragmenter::{FragmentLimits, Fragmenter, FragmenterStats, StreamFormat};
-pub use pipeline::{APPSINK_BUFFERS_MAX, Capture, DEFAULT_FRAME_RATE_FPS};
-pub use source::SourceSpec;
+pub use pipeline::{
+    APPSINK_BUFFERS_MAX, Capture, DEFAULT_FRAME_RATE_FPS, LIVE_STALL_MS_MAX, launch_description,
+};
+pub use source::{
+    EncodeSettings, JetsonSource, LibcameraEncoder, LibcameraSource, RTSP_LATENCY_MS_DEFAULT,
+    RtspSource, RtspTransport, SourceSpec, V4l2Format, V4l2Source, VideoCodec, redact_credentials,
+};
 
 use crate::fragment::UnixMillis;
 use crate::media::MediaFragment;
@@ -114,8 +130,23 @@ pub enum CaptureError {
         "source {0:?} is not understood; use \"test\", \"file:PATH\", \"rtsp://...\", \"v4l2:/dev/videoN\", \"libcamera\" or \"jetson\""
     )]
     BadSource(String),
-    #[error("source {0} is not supported in this version")]
+    #[error("source option {key}: {reason}")]
+    BadSourceOption { key: String, reason: String },
+    #[error("source {0} is not supported here")]
     SourceUnsupported(String),
+    #[error(
+        "the camera sends {0}, which the agent cannot pass through (H.264 only); set the camera to H.264"
+    )]
+    CodecUnsupported(String),
+    #[error("camera device {0} does not exist")]
+    DeviceNotFound(std::path::PathBuf),
+    #[error("camera device {device} cannot be opened: {message}")]
+    DeviceUnusable {
+        device: std::path::PathBuf,
+        message: String,
+    },
+    #[error("no video from the source for {silent_ms} ms")]
+    Stalled { silent_ms: u64 },
     #[error("file {0} does not exist")]
     FileNotFound(std::path::PathBuf),
     #[error("GStreamer element {element} is missing: {message}")]

@@ -2,10 +2,11 @@
 //! [`Fragmenter`], and watches the bus.
 
 use std::path::Path;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gstreamer as gst;
@@ -13,6 +14,8 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use tokio::sync::mpsc;
 
+use super::chain::{self, Chain, Stage};
+use super::source::{LibcameraEncoder, V4l2Format, V4l2Source, VideoCodec};
 use super::{
     CaptureConfig, CaptureError, CaptureEvent, CapturedFragment, Fragmenter, Pace, SourceSpec,
     StreamFormat,
@@ -28,6 +31,8 @@ pub const DEFAULT_FRAME_RATE_FPS: u32 = 25;
 const BUS_POLL_MS: u64 = 100;
 /// How long a sender sleeps between attempts while the event channel is full.
 const SEND_RETRY_MS: u64 = 5;
+/// A live source that delivers no sample for this long has failed (the agent restarts it).
+pub const LIVE_STALL_MS_MAX: u64 = 10_000;
 
 /// A running capture. Dropping it (or [`Capture::stop`]) sets the pipeline to `Null`.
 #[derive(Debug)]
@@ -45,29 +50,35 @@ impl Capture {
         origin: UnixMillis,
     ) -> Result<(Capture, mpsc::Receiver<CaptureEvent>), CaptureError> {
         validate(&config)?;
-        let live = match &config.source {
-            SourceSpec::Test => true,
-            SourceSpec::File(path) if path.is_file() => false,
-            SourceSpec::File(path) => return Err(CaptureError::FileNotFound(path.clone())),
-            other => return Err(CaptureError::SourceUnsupported(other.to_string())),
-        };
-        gst::init().map_err(|e| CaptureError::GstInit(e.to_string()))?;
-        let (pipeline, appsink) = build_pipeline(&config)?;
+        let live = config.source.is_live();
+        if let SourceSpec::File(path) = &config.source {
+            if !path.is_file() {
+                return Err(CaptureError::FileNotFound(path.clone()));
+            }
+        }
+        init()?;
         let (tx, rx) = mpsc::channel(config.channel_fragments_max);
         let stop = Arc::new(AtomicBool::new(false));
+        let (pipeline, appsink) = build_pipeline(&config, &tx, &stop)?;
         let state = Arc::new(Mutex::new(SinkState {
             fragmenter: Fragmenter::new(config.limits()),
             caps: None,
             timing: Timing::new(origin, live),
             tx: tx.clone(),
             stop: stop.clone(),
+            last_sample: Instant::now(),
         }));
         install_callbacks(&appsink, state.clone());
         let bus = pipeline
             .bus()
             .ok_or(CaptureError::StateChange("pipeline has no bus".into()))?;
-        let bus_stop = stop.clone();
-        let bus_thread = std::thread::spawn(move || watch_bus(bus, state, tx, bus_stop));
+        let watch = BusWatch {
+            state,
+            tx,
+            stop: stop.clone(),
+            stall_ms_max: live.then_some(LIVE_STALL_MS_MAX),
+        };
+        let bus_thread = std::thread::spawn(move || watch.run(bus));
         // From here on, dropping `capture` stops the bus thread and tears the pipeline down.
         let capture = Capture {
             pipeline,
@@ -105,14 +116,200 @@ impl Drop for Capture {
 /// The whole pipeline for the configured source, ending in the returned appsink.
 fn build_pipeline(
     config: &CaptureConfig,
+    tx: &mpsc::Sender<CaptureEvent>,
+    stop: &Arc<AtomicBool>,
 ) -> Result<(gst::Pipeline, gst_app::AppSink), CaptureError> {
     let pipeline = gst::Pipeline::new();
     let appsink = build_appsink(config.pace);
     match &config.source {
         SourceSpec::File(path) => add_file_source(&pipeline, path, appsink.upcast_ref())?,
-        _ => add_test_source(&pipeline, appsink.upcast_ref())?,
+        source => {
+            let chain = resolve_chain(source)?;
+            let first = add_chain(&pipeline, &chain, appsink.upcast_ref())?;
+            if let SourceSpec::Rtsp(_) = source {
+                refuse_non_h264_rtp(&first, tx.clone(), stop.clone());
+            }
+        }
     }
     Ok((pipeline, appsink))
+}
+
+/// Initialises GStreamer (once per process; later calls are cheap).
+fn init() -> Result<(), CaptureError> {
+    gst::init().map_err(|e| CaptureError::GstInit(e.to_string()))
+}
+
+/// The chain for a live source, with auto choices made (V4L2 format, libcamera encoder) and
+/// every element checked present. Fails early and typed: missing device, element or codec.
+pub(crate) fn resolve_chain(source: &SourceSpec) -> Result<Chain, CaptureError> {
+    init()?;
+    let chain = match source {
+        SourceSpec::Test => chain::test_chain(),
+        SourceSpec::Rtsp(rtsp) if rtsp.codec == VideoCodec::H265 => {
+            return Err(CaptureError::CodecUnsupported("H.265".into()));
+        }
+        SourceSpec::Rtsp(rtsp) => chain::rtsp_chain(rtsp),
+        SourceSpec::V4l2(v4l2) => {
+            if !v4l2.device.exists() {
+                return Err(CaptureError::DeviceNotFound(v4l2.device.clone()));
+            }
+            chain::v4l2_chain(v4l2, v4l2_format(v4l2)?)
+        }
+        SourceSpec::Libcamera(cam) => chain::libcamera_chain(cam, libcamera_encoder(cam.encoder)),
+        SourceSpec::Jetson(jetson) => chain::jetson_chain(jetson),
+        SourceSpec::File(_) => return Err(CaptureError::SourceUnsupported(source.to_string())),
+    };
+    chain.check_elements()?;
+    Ok(chain)
+}
+
+/// The whole capture in `gst-launch-1.0` syntax up to the appsink (which it leaves out), so
+/// that the same capture can be run bare, e.g. `... ! fakesink`.
+pub fn launch_description(source: &SourceSpec) -> Result<String, CaptureError> {
+    let head = match source {
+        SourceSpec::File(path) => format!(
+            "filesrc location=\"{}\" ! parsebin",
+            path.to_string_lossy().replace('"', "\\\"")
+        ),
+        live => resolve_chain(live)?.to_launch(),
+    };
+    Ok(format!(
+        "{head} ! h264parse config-interval=-1 ! video/x-h264,stream-format=avc,alignment=au"
+    ))
+}
+
+/// `Auto` probes the device's caps: native H.264 first, then MJPEG, else raw.
+fn v4l2_format(v4l2: &V4l2Source) -> Result<V4l2Format, CaptureError> {
+    if v4l2.format != V4l2Format::Auto {
+        return Ok(v4l2.format);
+    }
+    let src = make("v4l2src")
+        .property("device", v4l2.device.to_string_lossy().as_ref())
+        .build()
+        .map_err(|_| chain::element_missing("v4l2src"))?;
+    // READY opens the device, so its formats can be queried without streaming.
+    src.set_state(gst::State::Ready)
+        .map_err(|e| CaptureError::DeviceUnusable {
+            device: v4l2.device.clone(),
+            message: e.to_string(),
+        })?;
+    let caps = src.static_pad("src").map(|pad| pad.query_caps(None));
+    let _ = src.set_state(gst::State::Null);
+    let has = |name: &str| {
+        caps.as_ref()
+            .is_some_and(|caps| caps.iter().any(|s| s.name() == name))
+    };
+    let format = if has("video/x-h264") {
+        V4l2Format::H264
+    } else if has("image/jpeg") {
+        V4l2Format::Mjpeg
+    } else {
+        V4l2Format::Raw
+    };
+    tracing::info!(device = %v4l2.device.display(), ?format, "V4L2 format chosen from the device's caps.");
+    Ok(format)
+}
+
+/// `Auto`: the hardware encoder where this machine has it (Pi 4), else x264 (Pi 5).
+fn libcamera_encoder(choice: LibcameraEncoder) -> LibcameraEncoder {
+    match choice {
+        LibcameraEncoder::Auto if gst::ElementFactory::find("v4l2h264enc").is_some() => {
+            LibcameraEncoder::V4l2H264Enc
+        }
+        LibcameraEncoder::Auto => LibcameraEncoder::X264Enc,
+        chosen => chosen,
+    }
+}
+
+/// Adds `chain ! h264parse ! avc/au ! sink` to the pipeline; returns the chain's first element.
+fn add_chain(
+    pipeline: &gst::Pipeline,
+    chain: &Chain,
+    sink: &gst::Element,
+) -> Result<gst::Element, CaptureError> {
+    let link = |e: gst::glib::BoolError| CaptureError::Link(e.to_string());
+    let mut elements = Vec::with_capacity(chain.stages.len() + 3);
+    for stage in &chain.stages {
+        elements.push(build_stage(stage)?);
+    }
+    elements.push(h264parse()?);
+    elements.push(avc_caps_filter()?);
+    elements.push(sink.clone());
+    pipeline.add_many(&elements).map_err(link)?;
+    let first = elements[0].clone();
+    let rest = if chain.dynamic_source {
+        link_when_pad_appears(&first, &elements[1]);
+        &elements[1..]
+    } else {
+        &elements[..]
+    };
+    gst::Element::link_many(rest).map_err(link)?;
+    Ok(first)
+}
+
+fn build_stage(stage: &Stage) -> Result<gst::Element, CaptureError> {
+    match stage {
+        Stage::Caps(text) => {
+            let caps = gst::Caps::from_str(text)
+                .map_err(|e| CaptureError::Link(format!("caps {text:?}: {e}")))?;
+            make("capsfilter")
+                .property("caps", caps)
+                .build()
+                .map_err(missing("capsfilter"))
+        }
+        Stage::Element(spec) => {
+            let mut builder = make(spec.factory);
+            for (key, value) in &spec.properties {
+                builder = builder.property_from_str(key, value);
+            }
+            builder
+                .build()
+                .map_err(|_| chain::element_missing(spec.factory))
+        }
+    }
+}
+
+/// Links a source's sometimes-pad (rtspsrc: one per announced stream) to `next` when it
+/// appears; streams other than the first video one stay unlinked.
+fn link_when_pad_appears(source: &gst::Element, next: &gst::Element) {
+    let next = next.downgrade();
+    source.connect_pad_added(move |_, pad| {
+        let Some(next) = next.upgrade() else { return };
+        let Some(sink_pad) = next.static_pad("sink") else {
+            return;
+        };
+        if sink_pad.is_linked() {
+            return;
+        }
+        if let Err(error) = pad.link(&sink_pad) {
+            tracing::debug!(%error, caps = %pad.query_caps(None), "Capture ignores a stream it cannot carry.");
+        }
+    });
+}
+
+/// An RTSP camera that announces H.265 (or any video but H.264) ends the capture with a typed
+/// error rather than a generic "not linked" from the depayloader.
+fn refuse_non_h264_rtp(
+    rtspsrc: &gst::Element,
+    tx: mpsc::Sender<CaptureEvent>,
+    stop: Arc<AtomicBool>,
+) {
+    rtspsrc.connect_pad_added(move |_, pad| {
+        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+        let Some(s) = caps.structure(0) else { return };
+        let media = s.get::<&str>("media").unwrap_or("video");
+        let encoding = s.get::<&str>("encoding-name").unwrap_or("");
+        if media == "video" && encoding != "H264" {
+            let codec = if encoding == "H265" {
+                "H.265"
+            } else {
+                encoding
+            };
+            let error = CaptureError::CodecUnsupported(codec.to_owned());
+            tracing::error!(%error, "RTSP camera sends a codec the agent cannot pass through.");
+            send_event(&tx, CaptureEvent::Error(error), &stop);
+        }
+    });
 }
 
 fn validate(config: &CaptureConfig) -> Result<(), CaptureError> {
@@ -169,44 +366,6 @@ fn build_appsink(pace: Pace) -> gst_app::AppSink {
         .max_buffers(APPSINK_BUFFERS_MAX)
         .drop(false)
         .build()
-}
-
-/// `videotestsrc ! video/x-raw,640x360@25 ! x264enc ! h264parse ! avc/au ! appsink`.
-fn add_test_source(pipeline: &gst::Pipeline, sink: &gst::Element) -> Result<(), CaptureError> {
-    let src = make("videotestsrc")
-        .property("is-live", true)
-        .property_from_str("pattern", "ball")
-        .build()
-        .map_err(missing("videotestsrc"))?;
-    let raw_caps = gst::Caps::builder("video/x-raw")
-        .field("width", 640i32)
-        .field("height", 360i32)
-        .field("framerate", gst::Fraction::new(25, 1))
-        .build();
-    let raw_filter = make("capsfilter")
-        .property("caps", raw_caps)
-        .build()
-        .map_err(missing("capsfilter"))?;
-    let encoder = make("x264enc")
-        .property_from_str("tune", "zerolatency")
-        .property("key-int-max", 50u32)
-        .property("bitrate", 1000u32)
-        .property_from_str("speed-preset", "ultrafast")
-        .build()
-        .map_err(missing("x264enc"))?;
-    let parse = h264parse()?;
-    let elements = [
-        &src,
-        &raw_filter,
-        &encoder,
-        &parse,
-        &avc_caps_filter()?,
-        sink,
-    ];
-    pipeline
-        .add_many(elements)
-        .map_err(|e| CaptureError::Link(e.to_string()))?;
-    gst::Element::link_many(elements).map_err(|e| CaptureError::Link(e.to_string()))
 }
 
 /// `h264parse config-interval=-1`: SPS/PPS repeated at every IDR.
@@ -272,6 +431,8 @@ struct SinkState {
     timing: Timing,
     tx: mpsc::Sender<CaptureEvent>,
     stop: Arc<AtomicBool>,
+    /// When the appsink last received a sample, for the stall watchdog.
+    last_sample: Instant,
 }
 
 fn lock(state: &Mutex<SinkState>) -> MutexGuard<'_, SinkState> {
@@ -296,6 +457,7 @@ fn handle_sample(
 ) -> Result<gst::FlowSuccess, gst::FlowError> {
     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
     let mut state = lock(state);
+    state.last_sample = Instant::now();
     if let Some(caps) = sample.caps() {
         if state.caps.as_ref().map(|c| c.as_ref()) != Some(caps) {
             let flushed = state.apply_caps(caps)?;
@@ -444,32 +606,61 @@ fn send_event(tx: &mpsc::Sender<CaptureEvent>, event: CaptureEvent, stop: &Atomi
     }
 }
 
-/// Watches errors and end of stream apart from the data path. At end of stream every sample
-/// has passed the appsink, so the last partial fragment is flushed before `EndOfStream`.
-fn watch_bus(
-    bus: gst::Bus,
+/// What the bus thread needs.
+struct BusWatch {
     state: Arc<Mutex<SinkState>>,
     tx: mpsc::Sender<CaptureEvent>,
     stop: Arc<AtomicBool>,
-) {
-    let types = [gst::MessageType::Eos, gst::MessageType::Error];
-    while !stop.load(Ordering::SeqCst) {
-        let timeout = gst::ClockTime::from_mseconds(BUS_POLL_MS);
-        let Some(message) = bus.timed_pop_filtered(timeout, &types) else {
-            continue;
-        };
-        let event = match message.view() {
+    /// Live sources only: no sample for this long is an error (a camera that went silent
+    /// without closing its connection, RTP over UDP from a vanished server).
+    stall_ms_max: Option<u64>,
+}
+
+impl BusWatch {
+    /// Watches errors and end of stream apart from the data path, and the stall watchdog. At
+    /// end of stream every sample has passed the appsink, so the last partial fragment is
+    /// flushed before `EndOfStream`. Sends one final event, then returns.
+    fn run(self, bus: gst::Bus) {
+        let types = [gst::MessageType::Eos, gst::MessageType::Error];
+        while !self.stop.load(Ordering::SeqCst) {
+            let timeout = gst::ClockTime::from_mseconds(BUS_POLL_MS);
+            let event = match bus.timed_pop_filtered(timeout, &types) {
+                Some(message) => match self.on_message(&message) {
+                    Some(event) => event,
+                    None => continue,
+                },
+                None => match self.stalled() {
+                    Some(error) => CaptureEvent::Error(error),
+                    None => continue,
+                },
+            };
+            send_event(&self.tx, event, &self.stop);
+            return;
+        }
+    }
+
+    fn stalled(&self) -> Option<CaptureError> {
+        let limit_ms = self.stall_ms_max?;
+        let silent_ms = lock(&self.state).last_sample.elapsed().as_millis();
+        (silent_ms > u128::from(limit_ms)).then(|| {
+            tracing::error!(silent_ms, "Capture received no video for too long.");
+            CaptureError::Stalled {
+                silent_ms: limit_ms,
+            }
+        })
+    }
+
+    fn on_message(&self, message: &gst::Message) -> Option<CaptureEvent> {
+        match message.view() {
             gst::MessageView::Eos(_) => {
-                let last = lock(&state).fragmenter.finish();
+                let last = lock(&self.state).fragmenter.finish();
                 if let Some(media) = last {
                     let fragment = CaptureEvent::Fragment(CapturedFragment::new(media));
-                    if !send_event(&tx, fragment, &stop) {
-                        return;
-                    }
+                    send_event(&self.tx, fragment, &self.stop);
                 }
-                let stats = lock(&state).fragmenter.stats();
+                let stats = lock(&self.state).fragmenter.stats();
                 tracing::info!(?stats, "Capture reached the end of the stream.");
-                CaptureEvent::EndOfStream
+                Some(CaptureEvent::EndOfStream)
             }
             gst::MessageView::Error(err) => {
                 let source_element = err
@@ -480,14 +671,12 @@ fn watch_bus(
                     None => err.error().to_string(),
                 };
                 tracing::error!(source = %source_element, %message, "Capture pipeline failed.");
-                CaptureEvent::Error(CaptureError::Pipeline {
+                Some(CaptureEvent::Error(CaptureError::Pipeline {
                     source_element,
                     message,
-                })
+                }))
             }
-            _ => continue,
-        };
-        send_event(&tx, event, &stop);
-        return;
+            _ => None,
+        }
     }
 }
