@@ -41,6 +41,7 @@ fn config() -> UplinkConfig {
         ack_timeout: Duration::from_millis(500),
         backoff_initial: Duration::from_millis(50),
         backoff_max: Duration::from_millis(800),
+        ..UplinkConfig::default()
     }
 }
 
