@@ -3,6 +3,7 @@
 
 mod certs;
 mod harness;
+mod network;
 mod oracle;
 mod spool;
 mod video_path;
