@@ -176,7 +176,10 @@ fn assert_contiguous_once(stored: &[FragmentSummary]) -> BTreeMap<u64, u64> {
         .map(|(epoch, mut seqs)| {
             seqs.sort_unstable();
             let want: Vec<u64> = (0..seqs.len() as u64).collect();
-            assert_eq!(seqs, want, "epoch {epoch}: every sequence once, none missing");
+            assert_eq!(
+                seqs, want,
+                "epoch {epoch}: every sequence once, none missing"
+            );
             (epoch, seqs.len() as u64)
         })
         .collect()
@@ -239,7 +242,11 @@ fn a_60_s_outage_loses_nothing_live_goes_first_and_backfill_keeps_its_cap() {
     );
     std::thread::sleep(Duration::from_secs(8));
     let before = scrape(port);
-    assert!(metric(&before, "fragments_persisted_total") >= 1.0, "{}", agent.log());
+    assert!(
+        metric(&before, "fragments_persisted_total") >= 1.0,
+        "{}",
+        agent.log()
+    );
 
     relay.set_cut(true);
     let cut_at = now_ms();
@@ -258,11 +265,17 @@ fn a_60_s_outage_loses_nothing_live_goes_first_and_backfill_keeps_its_cap() {
         metric(&late, "reconnects_total"),
         metric(&late, "drops_total{reason=\"abandoned_stale\"}")
     );
-    assert!(spool_late > spool_mid && spool_mid > 0.0, "the spool grows during the outage");
+    assert!(
+        spool_late > spool_mid && spool_mid > 0.0,
+        "the spool grows during the outage"
+    );
     assert!(
         metric(&late, "spool_unreleased_fragments") > metric(&mid, "spool_unreleased_fragments")
     );
-    assert!(metric(&late, "reconnects_total") >= 1.0, "reconnects counted");
+    assert!(
+        metric(&late, "reconnects_total") >= 1.0,
+        "reconnects counted"
+    );
     assert!(metric(&late, "spool_oldest_age_seconds") >= 20.0);
 
     // Drain: wait until the spool is empty (bounded).
@@ -286,20 +299,31 @@ fn a_60_s_outage_loses_nothing_live_goes_first_and_backfill_keeps_its_cap() {
     // while fragments from the outage are still being backfilled.
     let outage: Vec<&FragmentSummary> = stored
         .iter()
-        .filter(|f| f.producer_timestamp.0 > cut_at && f.producer_timestamp.0 + u64::from(f.duration_ms) < restored_at)
+        .filter(|f| {
+            f.producer_timestamp.0 > cut_at
+                && f.producer_timestamp.0 + u64::from(f.duration_ms) < restored_at
+        })
         .collect();
     let live_after: Vec<&FragmentSummary> = stored
         .iter()
         .filter(|f| f.producer_timestamp.0 >= restored_at)
         .collect();
-    assert!(outage.len() >= 20, "the outage produced fragments: {}", outage.len());
+    assert!(
+        outage.len() >= 20,
+        "the outage produced fragments: {}",
+        outage.len()
+    );
     let first_arrival = stored
         .iter()
         .map(|f| f.server_timestamp.0)
         .filter(|&t| t >= restored_at)
         .min()
         .expect("something arrived after the restore");
-    let last_backfill = outage.iter().map(|f| f.server_timestamp.0).max().unwrap_or(0);
+    let last_backfill = outage
+        .iter()
+        .map(|f| f.server_timestamp.0)
+        .max()
+        .unwrap_or(0);
     let during_drain: Vec<u64> = live_after
         .iter()
         .filter(|f| f.server_timestamp.0 <= last_backfill)
@@ -310,7 +334,10 @@ fn a_60_s_outage_loses_nothing_live_goes_first_and_backfill_keeps_its_cap() {
         first_arrival - restored_at,
         last_backfill.saturating_sub(restored_at)
     );
-    assert!(!during_drain.is_empty(), "live fragments arrived while the backlog drained");
+    assert!(
+        !during_drain.is_empty(),
+        "live fragments arrived while the backlog drained"
+    );
     assert!(
         during_drain.iter().all(|&d| d < 5_000),
         "live fragments within a few seconds: {during_drain:?}"
@@ -318,7 +345,11 @@ fn a_60_s_outage_loses_nothing_live_goes_first_and_backfill_keeps_its_cap() {
 
     // The cap: backfill bytes over the drain time, less the allowed burst.
     let backfill_bytes: u64 = outage.iter().map(|f| f.size_bytes).sum();
-    let first_backfill = outage.iter().map(|f| f.server_timestamp.0).min().unwrap_or(0);
+    let first_backfill = outage
+        .iter()
+        .map(|f| f.server_timestamp.0)
+        .min()
+        .unwrap_or(0);
     let span_s = (last_backfill - first_backfill).max(1) as f64 / 1000.0;
     let burst = 1024.0 * 1024.0;
     let rate = (backfill_bytes as f64 - burst).max(0.0) / span_s;
@@ -327,7 +358,10 @@ fn a_60_s_outage_loses_nothing_live_goes_first_and_backfill_keeps_its_cap() {
         "backfill: {backfill_bytes} bytes of {} fragments in {span_s:.1} s: {rate:.0} B/s beyond the burst (cap {BACKFILL_CAP_BYTES_PER_S}); {sent} backfill bytes sent",
         outage.len()
     );
-    assert!(rate <= BACKFILL_CAP_BYTES_PER_S as f64 * 1.15, "cap honoured: {rate}");
+    assert!(
+        rate <= BACKFILL_CAP_BYTES_PER_S as f64 * 1.15,
+        "cap honoured: {rate}"
+    );
 }
 
 #[test]
@@ -343,7 +377,10 @@ fn sigkill_during_an_outage_loses_nothing_and_duplicates_nothing() {
     std::thread::sleep(Duration::from_secs(12));
     first.kill();
     let spooled = unreleased(&state);
-    assert!(spooled >= 4, "fragments spooled during the outage: {spooled}");
+    assert!(
+        spooled >= 4,
+        "fragments spooled during the outage: {spooled}"
+    );
     let port = free_port();
     let second = AgentProcess::start_configured(
         &run,
@@ -356,7 +393,11 @@ fn sigkill_during_an_outage_loses_nothing_and_duplicates_nothing() {
     let drained = wait_until(Duration::from_secs(90), || {
         reqwest::blocking::get(format!("http://127.0.0.1:{port}/status"))
             .and_then(|r| r.json::<serde_json::Value>())
-            .is_ok_and(|v| v["spool_unreleased_fragments"].as_u64().is_some_and(|n| n <= 1))
+            .is_ok_and(|v| {
+                v["spool_unreleased_fragments"]
+                    .as_u64()
+                    .is_some_and(|n| n <= 1)
+            })
     });
     second.terminate();
     let (status, out, log) = second.wait_with_log(AGENT_EXIT_TIMEOUT);
