@@ -54,8 +54,7 @@ pub(super) async fn feed(
                 _ = stopped(&mut shutdown) => return,
             }
         }
-        let mut rest = batch.into_iter();
-        while let Some(spooled) = rest.next() {
+        for spooled in batch {
             let Some(fragment) = super::backlog::read(&reader, &spooled).await else {
                 lock_wire(&on_wire).remove(&spooled.id);
                 continue;
