@@ -44,7 +44,8 @@ pub(super) async fn feed(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        if *shutdown.borrow() {
+        // The uplink has stopped (shutdown, or the server refused this agent).
+        if *shutdown.borrow() || backfill.is_closed() {
             return;
         }
         let batch = take_batch(&spool, &on_wire, &epochs);

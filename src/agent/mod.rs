@@ -212,10 +212,17 @@ pub async fn run(
             backfill_tx,
             shutdown.clone(),
         );
+        // Only live sources are spooled: with none, there is nothing to backfill, and the
+        // closed backfill input lets the uplink finish once the files are sent.
+        let any_live = cameras
+            .iter()
+            .any(|(_, source, _)| !matches!(source, SourceSpec::File(_)));
         tokio::spawn(async move {
             let result =
                 backlog::run(options, backlog_rounds, spool_reader, reports, shutdown).await;
-            feed.await;
+            if any_live {
+                feed.await;
+            }
             result
         })
     };
@@ -270,7 +277,7 @@ pub async fn run(
         tracing::error!(error = %e, "uplink task failed");
         Ok(())
     });
-    if *shutdown.borrow() {
+    if *shutdown.borrow() || uplink_result.is_err() {
         backlog.abort();
     }
     let backlog_result = backlog.await.unwrap_or_else(|e| {
