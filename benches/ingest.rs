@@ -134,8 +134,11 @@ fn uplink_options(server: &Server) -> UplinkOptions {
             ack_timeout: Duration::from_secs(30),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
+            ..UplinkConfig::default()
         },
         connect_timeout: Duration::from_secs(5),
+        shutdown_flush: Duration::ZERO,
+        metrics: Default::default(),
     }
 }
 

@@ -214,6 +214,17 @@ impl AgentProcess {
 
     /// Starts an agent with `extra_args` after the usual ones (e.g. `--cert`, `--key`).
     pub fn start_with(run: &AgentRun, extra_args: &[std::ffi::OsString]) -> Self {
+        Self::start_configured(run, "", "", extra_args)
+    }
+
+    /// Starts an agent whose config file adds `top_level` keys and `uplink` keys (TOML lines)
+    /// to the harness's usual ones.
+    pub fn start_configured(
+        run: &AgentRun,
+        top_level: &str,
+        uplink: &str,
+        extra_args: &[std::ffi::OsString],
+    ) -> Self {
         std::fs::create_dir_all(&run.spool_dir).expect("spool dir");
         let log = run.spool_dir.join(format!(
             "agent-{}.log",
@@ -223,7 +234,9 @@ impl AgentProcess {
         // Short backoff so that reconnects in the fault tests happen quickly.
         std::fs::write(
             &config,
-            "[uplink]\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\nack_timeout_ms = 5000\n",
+            format!("{}{top_level}\n[uplink]\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\nack_timeout_ms = 5000\n{uplink}\n",
+                // Agents run side by side: the status endpoint only where a test asks for it.
+                if top_level.contains("status_listen") { "" } else { "status_listen = \"\"\n" }),
         )
         .expect("agent config");
         let mut cmd = Command::new(hydrant_bin());

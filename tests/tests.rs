@@ -4,6 +4,7 @@
 mod alerts;
 mod certs;
 mod harness;
+mod network;
 mod oracle;
 mod rtsp;
 mod spool;

@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::fragment::{Fragment, StreamName};
 use crate::spool::{SpoolReader, Spooled};
-use crate::transport::{self, UplinkOptions};
-use crate::wire::{StreamOpen, UplinkEvent};
+use crate::transport::{self, Outgoing, UplinkOptions};
+use crate::wire::{Priority, StreamOpen, UplinkEvent};
 
 use super::{UPLINK_CHANNEL_FRAGMENTS_MAX, stopped};
 
@@ -85,8 +85,13 @@ pub(super) async fn run(
             let Some(fragment) = read(&reader, &spooled).await else {
                 continue;
             };
+            let outgoing = Outgoing {
+                fragment,
+                priority: Priority::Backfill,
+                spooled: true,
+            };
             tokio::select! {
-                sent = tx.send(fragment) => if sent.is_err() { break },
+                sent = tx.send(outgoing) => if sent.is_err() { break },
                 _ = stopped(&mut shutdown) => break,
             }
         }
@@ -101,7 +106,7 @@ pub(super) async fn run(
 
 /// Reads a spooled fragment off the runtime's threads; `None` when it is gone (dropped or
 /// expired since the start) or unreadable, which leaves nothing to send.
-async fn read(reader: &SpoolReader, spooled: &Spooled) -> Option<Fragment> {
+pub(super) async fn read(reader: &SpoolReader, spooled: &Spooled) -> Option<Fragment> {
     let (reader, pos) = (reader.clone(), spooled.pos);
     match tokio::task::spawn_blocking(move || reader.read(pos)).await {
         Ok(Ok(fragment)) => Some(fragment),

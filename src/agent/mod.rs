@@ -17,11 +17,21 @@
 //! `check` runs `hydrant agent --check`: the TLS files parse and each pipeline plays for about a
 //! second, with nothing sent. The agent presents its device certificate (`cert`, `key`) to the
 //! server; a server that refuses the device ends the run with an error instead of retrying.
+//!
+//! Live first, then backfill: live fragments go to the live uplink at the higher priority; a
+//! live fragment that waits too long (an outage) is abandoned on the wire and its spooled copy
+//! comes back through `backfill`, which feeds the same uplink's low-priority input oldest first
+//! within `backfill_bytes_per_s`. Earlier runs' epochs (`backlog`) go first, also as backfill.
+//! `status` serves Prometheus metrics and a JSON summary on `status_listen`. On shutdown the
+//! cameras stop, the uplinks get `shutdown_flush_ms` to have what they hold persisted, and
+//! everything else stays in the spool for the next start.
 //! This module holds no protocol logic (that is `wire`) and no media logic (that is `capture`).
 
+mod backfill;
 mod backlog;
 mod check;
 mod session;
+mod status;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -35,8 +45,11 @@ use crate::capture::{
 use crate::config::{AgentSettings, CameraSettings};
 use crate::fragment::{Fragment, FragmentId, FragmentMeta, StreamName, UnixMillis};
 use crate::spool::{Admission, Spool, SpoolConfig, SpoolError, SpoolStats};
-use crate::transport::{self, ClientIdentity, ServerTrust, UplinkOptions};
-use crate::wire::{StreamOpen, UplinkConfig, UplinkEvent};
+use crate::transport::{self, ClientIdentity, Outgoing, ServerTrust, UplinkOptions};
+use crate::wire::{Priority, StreamOpen, UplinkConfig, UplinkEvent};
+
+use backfill::{OnWire, lock_wire};
+pub use status::AgentCounters;
 
 pub use check::{CHECK_FIRST_VIDEO_TIMEOUT_MS, CHECK_RUN_MS, CheckLine, CheckReport, check};
 pub use session::{ProducerSession, SessionError};
@@ -149,8 +162,25 @@ pub async fn run(
         cameras.push((camera.clone(), source, session));
     }
     let spool = open_spool(&settings).await?;
-    let backlog_rounds = backlog::rounds(lock(&spool).unreleased());
+    let current: Vec<(StreamName, u64)> = cameras
+        .iter()
+        .map(|(cam, _, s)| (cam.stream.clone(), s.epoch))
+        .collect();
+    // A file source resumes its epoch, but it is not spooled: its spool copies are from a
+    // live source of the same name in an earlier run only if the epoch differs.
+    let earlier = lock(&spool)
+        .unreleased()
+        .into_iter()
+        .filter(|s| {
+            !current
+                .iter()
+                .any(|(n, e)| *n == s.id.stream && *e == s.id.epoch)
+        })
+        .collect();
+    let backlog_rounds = backlog::rounds(earlier);
     let spool_reader = lock(&spool).reader();
+    let on_wire: OnWire = Arc::default();
+    let counters = Arc::new(AgentCounters::default());
 
     let streams = cameras
         .iter()
@@ -160,23 +190,57 @@ pub async fn run(
         })
         .collect();
     let (fragment_tx, fragment_rx) = mpsc::channel(UPLINK_CHANNEL_FRAGMENTS_MAX);
+    let (backfill_tx, backfill_rx) = mpsc::channel(UPLINK_CHANNEL_FRAGMENTS_MAX);
     let (report_tx, report_rx) = mpsc::channel(REPORT_CHANNEL_MAX);
     let options = uplink_options(&settings);
-    let backlog = tokio::spawn(backlog::run(
-        options.clone(),
-        backlog_rounds,
-        spool_reader,
-        report_tx.clone(),
-        shutdown.clone(),
-    ));
-    let uplink = tokio::spawn(transport::run_uplink(
+    if let Some(addr) = settings.status_listen {
+        let sources = status::StatusSources {
+            spool: spool.clone(),
+            uplink: options.metrics.clone(),
+            agent: counters.clone(),
+        };
+        tokio::spawn(status::serve(addr, sources, shutdown.clone()));
+    }
+    // Oldest first: earlier runs' epochs, then this run's spooled fragments.
+    let backlog = {
+        let (options, reports, shutdown) = (options.clone(), report_tx.clone(), shutdown.clone());
+        let feed = backfill::feed(
+            spool.clone(),
+            on_wire.clone(),
+            current,
+            spool_reader.clone(),
+            backfill_tx,
+            shutdown.clone(),
+        );
+        // Only live sources are spooled: with none, there is nothing to backfill, and the
+        // closed backfill input lets the uplink finish once the files are sent.
+        let any_live = cameras
+            .iter()
+            .any(|(_, source, _)| !matches!(source, SourceSpec::File(_)));
+        tokio::spawn(async move {
+            let result =
+                backlog::run(options, backlog_rounds, spool_reader, reports, shutdown).await;
+            if any_live {
+                feed.await;
+            }
+            result
+        })
+    };
+    let uplink = tokio::spawn(transport::run_uplink_with_backfill(
         options,
         streams,
         fragment_rx,
+        Some(backfill_rx),
         report_tx,
         shutdown.clone(),
     ));
-    let reports = tokio::spawn(collect_reports(report_rx, events, spool.clone()));
+    let reports = tokio::spawn(collect_reports(
+        report_rx,
+        events,
+        spool.clone(),
+        on_wire.clone(),
+        counters.clone(),
+    ));
 
     let mut captures = tokio::task::JoinSet::new();
     for (camera, source, session) in cameras {
@@ -188,8 +252,10 @@ pub async fn run(
             capture_config_base(&settings),
             Outlet {
                 spool: live.then(|| spool.clone()),
+                on_wire: on_wire.clone(),
                 uplink: fragment_tx.clone(),
             },
+            counters.clone(),
             shutdown.clone(),
         ));
     }
@@ -205,12 +271,19 @@ pub async fn run(
             Err(e) => tracing::error!(error = %e, "camera task failed"),
         }
     }
-    // Every capture has ended and dropped its sender: the uplink drains what is pending.
+    // Every capture has ended and dropped its sender: the uplink drains what is pending (at
+    // shutdown: for at most the flush deadline).
     let uplink_result = uplink.await.unwrap_or_else(|e| {
         tracing::error!(error = %e, "uplink task failed");
         Ok(())
     });
+    if *shutdown.borrow() || uplink_result.is_err() {
+        backlog.abort();
+    }
     let backlog_result = backlog.await.unwrap_or_else(|e| {
+        if e.is_cancelled() {
+            return Ok(());
+        }
         tracing::error!(error = %e, "backlog task failed");
         Ok(())
     });
@@ -250,7 +323,8 @@ async fn open_spool(settings: &AgentSettings) -> Result<SharedSpool, AgentError>
 #[derive(Debug)]
 struct Outlet {
     spool: Option<SharedSpool>,
-    uplink: mpsc::Sender<Fragment>,
+    on_wire: OnWire,
+    uplink: mpsc::Sender<Outgoing>,
 }
 
 impl Outlet {
@@ -258,14 +332,17 @@ impl Outlet {
     /// full). A fragment the spool refuses or cannot write is still sent, without a durable
     /// copy. Returns false when the uplink has stopped.
     async fn send(&self, fragment: Fragment) -> bool {
+        let mut spooled = false;
         if let Some(spool) = &self.spool {
+            // Marked before it is spooled, so the backfill never takes it while it is live.
+            lock_wire(&self.on_wire).insert(fragment.meta.id.clone());
             let (spool, copy) = (spool.clone(), fragment.clone());
             let id = fragment.meta.id.clone();
-            let spooled =
+            let appended =
                 tokio::task::spawn_blocking(move || lock(&spool).append(&copy, UnixMillis::now()))
                     .await;
-            match spooled {
-                Ok(Ok(Admission::Spooled(_) | Admission::AlreadySpooled)) => {}
+            match appended {
+                Ok(Ok(Admission::Spooled(_) | Admission::AlreadySpooled)) => spooled = true,
                 Ok(Ok(Admission::Refused)) => {
                     tracing::debug!(fragment = %id, "sending a fragment the spool refused")
                 }
@@ -273,7 +350,12 @@ impl Outlet {
                 Err(error) => tracing::error!(fragment = %id, %error, "spool task failed"),
             }
         }
-        self.uplink.send(fragment).await.is_ok()
+        let outgoing = Outgoing {
+            fragment,
+            priority: Priority::Live,
+            spooled,
+        };
+        self.uplink.send(outgoing).await.is_ok()
     }
 }
 
@@ -303,8 +385,13 @@ fn uplink_options(settings: &AgentSettings) -> UplinkOptions {
             ack_timeout: Duration::from_millis(settings.ack_timeout_ms),
             backoff_initial: Duration::from_millis(settings.backoff_initial_ms),
             backoff_max: Duration::from_millis(settings.backoff_max_ms),
+            backfill_bytes_per_s: settings.backfill_bytes_per_s,
+            live_stale_after: Duration::from_millis(settings.live_stale_after_ms),
+            ..UplinkConfig::default()
         },
         connect_timeout: Duration::from_secs(CONNECT_TIMEOUT_S),
+        shutdown_flush: Duration::from_millis(settings.shutdown_flush_ms),
+        metrics: Arc::default(),
     }
 }
 
@@ -328,6 +415,7 @@ async fn run_camera(
     session: ProducerSession,
     base: CaptureConfig,
     outlet: Outlet,
+    counters: Arc<AgentCounters>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     let live = !matches!(source, SourceSpec::File(_));
@@ -376,6 +464,11 @@ async fn run_camera(
             }
         };
         capture.stop();
+        if outcome.is_err() {
+            counters
+                .capture_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         match outcome {
             Ok(()) if uplink_gone || !live || *shutdown.borrow() => return Ok(()),
             Ok(()) => tracing::warn!(stream = %camera.stream, "live source ended; restarting it"),
@@ -425,14 +518,31 @@ async fn collect_reports(
     mut reports: mpsc::Receiver<UplinkEvent>,
     events: Option<mpsc::Sender<AgentEvent>>,
     spool: SharedSpool,
+    on_wire: OnWire,
+    counters: Arc<AgentCounters>,
 ) -> AgentReport {
+    use std::sync::atomic::Ordering::Relaxed;
     let mut totals = AgentReport::default();
     while let Some(report) = reports.recv().await {
-        if let UplinkEvent::Persisted { id, .. } | UplinkEvent::Refused { id, .. } = &report {
-            if let Err(error) = lock(&spool).release(id) {
-                tracing::error!(fragment = %id, %error, "releasing a fragment from the spool failed");
+        match &report {
+            UplinkEvent::Persisted { id, .. } | UplinkEvent::Refused { id, .. } => {
+                let mut wire = lock_wire(&on_wire);
+                if let Err(error) = lock(&spool).release(id) {
+                    tracing::error!(fragment = %id, %error, "releasing a fragment from the spool failed");
+                }
+                wire.remove(id);
             }
+            // Off the wire, still in the spool: the backfill sends it later.
+            UplinkEvent::Abandoned(id) => {
+                lock_wire(&on_wire).remove(id);
+            }
+            _ => {}
         }
+        match &report {
+            UplinkEvent::Persisted { .. } => counters.persisted.fetch_add(1, Relaxed),
+            UplinkEvent::Refused { .. } => counters.refused.fetch_add(1, Relaxed),
+            _ => 0,
+        };
         let event = match report {
             UplinkEvent::Persisted {
                 id,

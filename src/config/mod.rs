@@ -651,6 +651,11 @@ pub struct AgentConfig {
     pub spool_age_max_s: u64,
     /// When the spool is full: `drop-oldest` footage, or `refuse-new` fragments.
     pub spool_full_policy: FullPolicy,
+    /// Local HTTP address of the metrics (`/metrics`) and status (`/status`) endpoint; empty
+    /// disables it.
+    pub status_listen: String,
+    /// On SIGTERM, how long to keep sending held fragments before exiting, in milliseconds.
+    pub shutdown_flush_ms: u64,
     pub fragments: FragmentSection,
     pub uplink: UplinkSection,
     pub cameras: Vec<CameraSection>,
@@ -678,6 +683,12 @@ pub struct UplinkSection {
     pub ack_timeout_ms: u64,
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
+    /// Upload cap for backfill (spooled fragments sent after an outage), bytes per second;
+    /// 0: no cap.
+    pub backfill_bytes_per_s: u64,
+    /// A live fragment not persisted within this time is abandoned on the wire and sent later
+    /// from the spool as backfill, in milliseconds; 0: never.
+    pub live_stale_after_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -704,6 +715,8 @@ impl Default for AgentConfig {
             spool_bytes_max: SPOOL_BYTES_MAX_DEFAULT,
             spool_age_max_s: SPOOL_AGE_MAX_S_DEFAULT,
             spool_full_policy: FullPolicy::DropOldest,
+            status_listen: "127.0.0.1:7072".to_owned(),
+            shutdown_flush_ms: 5_000,
             fragments: FragmentSection::default(),
             uplink: UplinkSection::default(),
             cameras: Vec::new(),
@@ -730,6 +743,8 @@ impl Default for UplinkSection {
             ack_timeout_ms: 15_000,
             backoff_initial_ms: 200,
             backoff_max_ms: 10_000,
+            backfill_bytes_per_s: 0,
+            live_stale_after_ms: 10_000,
         }
     }
 }
@@ -765,6 +780,11 @@ pub struct AgentSettings {
     pub ack_timeout_ms: u64,
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
+    pub backfill_bytes_per_s: u64,
+    pub live_stale_after_ms: u64,
+    /// `None`: the status endpoint is off.
+    pub status_listen: Option<std::net::SocketAddr>,
+    pub shutdown_flush_ms: u64,
     pub cameras: Vec<CameraSettings>,
 }
 
@@ -835,7 +855,30 @@ impl AgentConfig {
             });
         }
         let u = &self.uplink;
+        let status_listen = match self.status_listen.trim() {
+            "" => None,
+            addr => Some(addr.parse().map_err(|_| {
+                invalid(
+                    "status_listen",
+                    format!("{addr:?} must be ip:port, e.g. 127.0.0.1:7072, or empty"),
+                )
+            })?),
+        };
         Ok(AgentSettings {
+            status_listen,
+            shutdown_flush_ms: check_range(
+                "shutdown_flush_ms",
+                self.shutdown_flush_ms,
+                0,
+                600_000,
+            )?,
+            backfill_bytes_per_s: u.backfill_bytes_per_s,
+            live_stale_after_ms: check_range(
+                "uplink.live_stale_after_ms",
+                u.live_stale_after_ms,
+                0,
+                3_600_000,
+            )?,
             agent_name: if self.agent_name.is_empty() {
                 default_agent_name()
             } else {

@@ -30,6 +30,7 @@ pub mod certs;
 pub mod devices;
 mod identity;
 mod ingest;
+mod metrics;
 mod uplink;
 
 #[cfg(test)]
@@ -39,7 +40,10 @@ pub use devices::{DeviceDirectory, DeviceGrant, DeviceName, Refusal};
 pub(crate) use identity::read_certs;
 pub use identity::{ServerIdentity, load_or_create_server_identity};
 pub use ingest::{ClientAuth, FragmentSink, IngestConfig, IngestServer, SinkError};
-pub use uplink::{ClientIdentity, ServerTrust, UplinkOptions, run_uplink};
+pub use metrics::{UplinkMetrics, UplinkMetricsSnapshot};
+pub use uplink::{
+    ClientIdentity, Outgoing, ServerTrust, UplinkOptions, run_uplink, run_uplink_with_backfill,
+};
 
 /// Everything that goes wrong in the QUIC shells.
 #[derive(Debug, thiserror::Error)]

@@ -151,6 +151,7 @@ fn uplink_config() -> UplinkConfig {
         ack_timeout: Duration::from_secs(3),
         backoff_initial: Duration::from_millis(50),
         backoff_max: Duration::from_millis(400),
+        ..UplinkConfig::default()
     }
 }
 

@@ -1,7 +1,14 @@
 //! The agent's QUIC shell around [`Uplink`]: connects, runs the control stream, sends each
 //! fragment on its own unidirectional stream, feeds acks and timeouts to the core and
 //! forwards its reports. Every decision (what to send, when to reconnect) is the core's.
+//!
+//! Priorities: each fragment stream gets the QUIC priority of its class (live above
+//! backfill), so that when the link is the bottleneck the live stream's bytes go first. A
+//! backfill channel, when given, is read only while the core has backfill room. An abandoned
+//! fragment's stream is reset. At shutdown the shell keeps sending what it holds for at most
+//! `shutdown_flush`, then closes; whatever is left stays in the spool.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,13 +19,15 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::fragment::{Fragment, FragmentId};
 use crate::wire::{
-    self, ErrorCode, FragmentHeader, FrameDecoder, StreamOpen, Uplink, UplinkConfig, UplinkError,
-    UplinkEvent,
+    self, ErrorCode, FragmentHeader, FrameDecoder, Priority, StreamOpen, Uplink, UplinkConfig,
+    UplinkError, UplinkEvent,
 };
+
+use super::metrics::UplinkMetrics;
 
 use super::identity::{read_certs, read_key, root_store};
 use super::{TransportError, install_crypto_provider};
@@ -51,6 +60,29 @@ pub struct UplinkOptions {
     pub uplink: UplinkConfig,
     /// Longest wait for one connection attempt.
     pub connect_timeout: Duration,
+    /// At shutdown, how long to keep sending what is held before closing.
+    pub shutdown_flush: Duration,
+    /// Counters for the metrics endpoint, shared by every uplink of the agent.
+    pub metrics: Arc<UplinkMetrics>,
+}
+
+/// A fragment handed to the uplink with its class.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub fragment: Fragment,
+    pub priority: Priority,
+    /// A durable copy exists (the spool): a stale live fragment may be abandoned on the wire.
+    pub spooled: bool,
+}
+
+impl From<Fragment> for Outgoing {
+    fn from(fragment: Fragment) -> Self {
+        Self {
+            fragment,
+            priority: Priority::Live,
+            spooled: false,
+        }
+    }
 }
 
 impl UplinkOptions {
@@ -61,6 +93,8 @@ impl UplinkOptions {
             client: None,
             uplink: UplinkConfig::default(),
             connect_timeout: Duration::from_secs(5),
+            shutdown_flush: Duration::ZERO,
+            metrics: Arc::default(),
         }
     }
 }
@@ -175,49 +209,93 @@ struct Shell {
     has_certificate: bool,
     /// Set when the server refused this agent's identity: the uplink stops with it.
     refused: Option<String>,
+    metrics: Arc<UplinkMetrics>,
+    /// Cancels the send task of a fragment on the wire (to reset an abandoned one's stream).
+    sending: HashMap<FragmentId, oneshot::Sender<()>>,
+    /// Pending counts last added to the shared gauges.
+    reported_pending: (i64, i64),
 }
 
 /// Sends every fragment from `fragments` until the server persisted (or refused) it. Returns
 /// when `fragments` is closed and everything is drained, or when `shutdown` turns true. A
 /// server that refuses this agent's identity ends it with [`TransportError::NotAuthorized`].
-pub async fn run_uplink(
+pub async fn run_uplink<T: Into<Outgoing>>(
     options: UplinkOptions,
     streams: Vec<StreamOpen>,
-    mut fragments: mpsc::Receiver<Fragment>,
+    fragments: mpsc::Receiver<T>,
+    reports: mpsc::Sender<UplinkEvent>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), TransportError> {
+    run_uplink_with_backfill(options, streams, fragments, None, reports, shutdown).await
+}
+
+/// [`run_uplink`] with a second input of backfill fragments (spooled, sent at low priority
+/// within the bandwidth cap), read only while the core has backfill room. Returns when both
+/// inputs are closed and everything is drained, or at shutdown once what is held has been
+/// persisted or `shutdown_flush` has passed.
+pub async fn run_uplink_with_backfill<T: Into<Outgoing>>(
+    options: UplinkOptions,
+    streams: Vec<StreamOpen>,
+    mut fragments: mpsc::Receiver<T>,
+    mut backfill: Option<mpsc::Receiver<Fragment>>,
     reports: mpsc::Sender<UplinkEvent>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), TransportError> {
     let (io_tx, mut io_rx) = mpsc::channel(IO_QUEUE_MAX);
     let mut shell = Shell::new(&options, streams, io_tx, reports).await?;
-    let mut waiting: Option<Fragment> = None;
+    let mut waiting: Option<Outgoing> = None;
     let mut input_open = true;
-    loop {
+    let mut flush_until: Option<tokio::time::Instant> = None;
+    let result = loop {
         shell.take_waiting(&mut waiting).await;
         shell.run_events().await;
+        shell.update_gauges();
         if let Some(reason) = shell.refused.take() {
             shell.close("not authorised");
-            return Err(TransportError::NotAuthorized(reason));
+            break Err(TransportError::NotAuthorized(reason));
         }
-        if !input_open && waiting.is_none() && shell.core.is_drained() {
+        let inputs_done =
+            (!input_open || flush_until.is_some()) && backfill.is_none() && waiting.is_none();
+        if inputs_done && shell.core.is_drained() {
             shell.close("drained");
-            return Ok(());
+            break Ok(());
         }
+        let backfill_room = waiting.is_none() && shell.core.has_backfill_room(0);
         let wake = shell
             .core
             .poll_timeout()
             .map(tokio::time::Instant::from_std);
         tokio::select! {
-            _ = super::stopped(&mut shutdown) => {
+            _ = super::stopped(&mut shutdown), if flush_until.is_none() => {
+                // Stop taking backfill (it stays in the spool) and flush what is held.
+                backfill = None;
+                flush_until = Some(tokio::time::Instant::now() + options.shutdown_flush);
+            }
+            _ = sleep_until(flush_until) => {
+                tracing::info!(held = shell.core.pending_fragments(), "shutdown flush deadline reached; the rest stays in the spool");
                 shell.close("shutting down");
-                return Ok(());
+                break Ok(());
             }
             io = io_rx.recv() => if let Some(io) = io { shell.handle_io(io) },
             fragment = fragments.recv(), if input_open && waiting.is_none() => match fragment {
-                Some(f) => waiting = Some(f),
+                Some(f) => waiting = Some(f.into()),
                 None => input_open = false,
+            },
+            fragment = recv_backfill(&mut backfill), if backfill_room => match fragment {
+                Some(fragment) => waiting = Some(Outgoing { fragment, priority: Priority::Backfill, spooled: true }),
+                None => backfill = None,
             },
             _ = sleep_until(wake) => shell.core.handle_timeout(Instant::now()),
         }
+    };
+    shell.clear_gauges();
+    result
+}
+
+async fn recv_backfill(backfill: &mut Option<mpsc::Receiver<Fragment>>) -> Option<Fragment> {
+    match backfill {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -259,20 +337,51 @@ impl Shell {
             reports,
             has_certificate: options.client.is_some(),
             refused: None,
+            metrics: options.metrics.clone(),
+            sending: HashMap::new(),
+            reported_pending: (0, 0),
         })
+    }
+
+    /// Brings the shared pending gauges in line with this core.
+    fn update_gauges(&mut self) {
+        let now = (
+            i64::try_from(self.core.pending_fragments()).unwrap_or(i64::MAX),
+            i64::try_from(self.core.pending_bytes()).unwrap_or(i64::MAX),
+        );
+        let (f, b) = self.reported_pending;
+        if now != (f, b) {
+            self.metrics.pending_delta(now.0 - f, now.1 - b);
+            self.reported_pending = now;
+        }
+        if let Some(live) = &self.live {
+            self.metrics.set_rtt(live.connection.rtt());
+        }
+    }
+
+    /// Takes this uplink's share out of the shared gauges when it stops.
+    fn clear_gauges(&mut self) {
+        let (f, b) = self.reported_pending;
+        self.metrics.pending_delta(-f, -b);
+        self.reported_pending = (0, 0);
     }
 
     /// Pushes the held fragment once the core has room; anything the core can never take is
     /// reported refused.
-    async fn take_waiting(&mut self, waiting: &mut Option<Fragment>) {
-        let Some(fragment) = waiting.take() else {
+    async fn take_waiting(&mut self, waiting: &mut Option<Outgoing>) {
+        let Some(outgoing) = waiting.take() else {
             return;
         };
-        let id = fragment.meta.id.clone();
-        let code = match self.core.push(fragment.clone()) {
+        let id = outgoing.fragment.meta.id.clone();
+        let pushed = self.core.push_with(
+            outgoing.fragment.clone(),
+            outgoing.priority,
+            outgoing.spooled,
+        );
+        let code = match pushed {
             Ok(()) => return,
-            Err(UplinkError::Full { .. }) => {
-                *waiting = Some(fragment);
+            Err(UplinkError::Full { .. } | UplinkError::BackfillFull(_)) => {
+                *waiting = Some(outgoing);
                 return;
             }
             Err(UplinkError::FragmentTooLarge { .. }) => ErrorCode::FragmentTooLarge,
@@ -298,10 +407,28 @@ impl Shell {
                 UplinkEvent::SendControl(msg) => self.send_control(&msg).await,
                 UplinkEvent::SendFragment(id) => self.send_fragment(id),
                 report => {
+                    self.on_report(&report);
                     // A closed report channel means nobody listens; sending goes on.
                     let _ = self.reports.send(report).await;
                 }
             }
+        }
+    }
+
+    /// Bookkeeping for a report before it goes to the owner.
+    fn on_report(&mut self, report: &UplinkEvent) {
+        match report {
+            UplinkEvent::Abandoned(id) => {
+                self.metrics.abandoned();
+                tracing::debug!(%id, "abandoned a stale live fragment on the wire; its spooled copy stays");
+                if let Some(cancel) = self.sending.remove(id) {
+                    let _ = cancel.send(());
+                }
+            }
+            UplinkEvent::Persisted { id, .. } | UplinkEvent::Refused { id, .. } => {
+                self.sending.remove(id);
+            }
+            _ => {}
         }
     }
 
@@ -348,6 +475,7 @@ impl Shell {
     }
 
     fn close(&mut self, reason: &str) {
+        self.sending.clear();
         if let Some(live) = self.live.take() {
             live.connection
                 .close(VarInt::from_u32(0), reason.as_bytes());
@@ -377,8 +505,15 @@ impl Shell {
         };
         let (connection, fragment) = (live.connection.clone(), fragment.clone());
         let (io, generation) = (self.io_tx.clone(), self.generation);
+        let priority = self.core.priority(&id).unwrap_or(Priority::Live);
+        self.metrics.sent(
+            priority == Priority::Backfill,
+            fragment.payload.len() as u64,
+        );
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        self.sending.insert(id.clone(), cancel_tx);
         tokio::spawn(async move {
-            if let Err(e) = send_fragment(&connection, &fragment).await {
+            if let Err(e) = send_fragment(&connection, &fragment, priority, cancel_rx).await {
                 tracing::debug!(%id, error = %e, "sending a fragment failed");
                 let _ = io.send(Io::SendFailed { generation, id }).await;
             }
@@ -395,6 +530,7 @@ impl Shell {
                 recv,
             } if generation == self.generation => {
                 tracing::info!(server = %self.server_addr, "connected to the server");
+                self.metrics.connected();
                 let reader = ControlReader {
                     io: self.io_tx.clone(),
                     generation,
@@ -446,20 +582,42 @@ impl Shell {
             return;
         }
         tracing::info!(%reason, "connection to the server lost");
+        self.metrics.reconnected();
         self.close("lost");
         self.core.handle_connection_lost(Instant::now());
     }
 }
 
-/// Opens a unidirectional stream: header frame, payload, finish.
-async fn send_fragment(connection: &Connection, fragment: &Fragment) -> Result<(), TransportError> {
+/// QUIC application code of a fragment stream reset because the fragment was abandoned.
+const STREAM_RESET_ABANDONED: u32 = 1;
+
+/// Opens a unidirectional stream at the class's priority: header frame, payload, finish. A
+/// cancel (the fragment was abandoned) resets the stream instead.
+async fn send_fragment(
+    connection: &Connection,
+    fragment: &Fragment,
+    priority: Priority,
+    cancel: oneshot::Receiver<()>,
+) -> Result<(), TransportError> {
     let header = FragmentHeader::for_fragment(fragment)
         .ok_or_else(|| TransportError::QuicConfig("fragment payload exceeds 4 GiB".into()))?;
     let mut stream = connection.open_uni().await?;
-    stream
-        .write_all(&wire::encode_fragment_header(&header))
-        .await?;
-    stream.write_all(&fragment.payload).await?;
+    // Only fails on a stream already closed, which the writes below report.
+    let _ = stream.set_priority(priority.stream_priority());
+    let write = async {
+        stream
+            .write_all(&wire::encode_fragment_header(&header))
+            .await?;
+        stream.write_all(&fragment.payload).await?;
+        Ok::<_, TransportError>(())
+    };
+    tokio::select! {
+        written = write => written?,
+        Ok(()) = cancel => {
+            let _ = stream.reset(VarInt::from_u32(STREAM_RESET_ABANDONED));
+            return Ok(());
+        }
+    }
     stream
         .finish()
         .map_err(|e| TransportError::Read(e.to_string()))?;

@@ -22,6 +22,7 @@ use crate::fragment::{FragmentId, StreamName, StreamNameError, UnixMillis};
 pub mod codec;
 mod fuzz;
 mod ingest;
+pub mod priority;
 mod uplink;
 
 #[cfg(test)]
@@ -34,6 +35,7 @@ pub use codec::{
 };
 pub use fuzz::fuzz_decode;
 pub use ingest::{IngestLimits, IngestSession};
+pub use priority::{Priority, TokenBucket};
 pub use uplink::{Uplink, UplinkConfig, UplinkError, UplinkEvent};
 
 /// ALPN protocol name spoken by both sides.

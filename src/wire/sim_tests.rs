@@ -41,6 +41,7 @@ fn config() -> UplinkConfig {
         ack_timeout: Duration::from_millis(500),
         backoff_initial: Duration::from_millis(50),
         backoff_max: Duration::from_millis(800),
+        ..UplinkConfig::default()
     }
 }
 
@@ -308,6 +309,8 @@ impl Sim {
                 } => self.persisted.entry(id).or_default().push(fragment_number),
                 UplinkEvent::Refused { id, code, .. } => self.refused.push((id, code)),
                 UplinkEvent::StreamRefused { stream, .. } => self.stream_refusals.push(stream),
+                // The simulation pushes nothing spooled, so nothing is ever abandoned.
+                UplinkEvent::Abandoned(id) => panic!("abandoned {id} without a spooled copy"),
             }
         }
     }
@@ -757,4 +760,108 @@ fn fragments_pushed_after_the_welcome_below_the_resume_point_are_never_sent() {
     assert_eq!(known, vec![0, 1, 2, 3, 4]);
     assert_eq!(sent, vec![5, 6, 7]);
     assert_eq!(up.pending_fragments(), 3);
+}
+
+fn sent_ids(up: &mut Uplink) -> Vec<u64> {
+    std::iter::from_fn(|| up.poll_event())
+        .filter_map(|e| match e {
+            UplinkEvent::SendFragment(id) => Some(id.sequence),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn live_fragments_go_before_older_backfill_within_the_window() {
+    let now = Instant::now();
+    let cfg = UplinkConfig {
+        in_flight_max: 2,
+        backfill_in_flight_max: 2,
+        ..config()
+    };
+    let mut up = Uplink::new(cfg, opens(&["a"]), 3, now);
+    for s in 0..3 {
+        up.push_with(fragment("a", 1, s, 10), Priority::Backfill, true)
+            .unwrap();
+    }
+    up.push_with(fragment("a", 1, 10, 10), Priority::Live, true)
+        .unwrap();
+    up.push_with(fragment("a", 1, 11, 10), Priority::Live, true)
+        .unwrap();
+    assert_eq!(up.poll_event(), Some(UplinkEvent::Connect));
+    up.handle_connected(now);
+    up.handle_message(ServerMessage::Welcome { resumes: vec![] }, now);
+    assert_eq!(sent_ids(&mut up), vec![10, 11], "live first");
+    up.handle_message(persisted(&fragment("a", 1, 10, 10).meta.id), now);
+    assert_eq!(sent_ids(&mut up), vec![0], "then backfill, oldest first");
+}
+
+#[test]
+fn backfill_is_paced_by_the_cap_and_keeps_room_for_live() {
+    let now = Instant::now();
+    let cfg = UplinkConfig {
+        backfill_bytes_per_s: 1_000,
+        backfill_burst_bytes: 1_000,
+        backfill_pending_max: 3,
+        ack_timeout: Duration::from_secs(60),
+        ..config()
+    };
+    let (mut up, _) = (Uplink::new(cfg, opens(&["a"]), 3, now), ());
+    assert_eq!(up.poll_event(), Some(UplinkEvent::Connect));
+    up.handle_connected(now);
+    up.handle_message(ServerMessage::Welcome { resumes: vec![] }, now);
+    let _ = sent_ids(&mut up);
+    for s in 0..3 {
+        up.push_with(fragment("a", 1, s, 1_000), Priority::Backfill, true)
+            .unwrap();
+    }
+    assert!(matches!(
+        up.push_with(fragment("a", 1, 3, 10), Priority::Backfill, true),
+        Err(UplinkError::BackfillFull(3))
+    ));
+    up.push_with(fragment("a", 1, 9, 10), Priority::Live, true)
+        .unwrap();
+    // The burst pays for the first, the second goes on credit (the bucket is not in debt
+    // yet), the third waits a second until that debt is paid.
+    assert_eq!(sent_ids(&mut up), vec![0, 1, 9]);
+    let next = up.poll_timeout().expect("a wake-up for the bucket");
+    assert!(next <= now + Duration::from_millis(1_000));
+    up.handle_timeout(now + Duration::from_millis(999));
+    assert_eq!(sent_ids(&mut up), Vec::<u64>::new());
+    up.handle_timeout(now + Duration::from_millis(1_000));
+    assert_eq!(sent_ids(&mut up), vec![2]);
+}
+
+#[test]
+fn a_stale_spooled_live_fragment_is_abandoned_and_a_late_persisted_still_reported() {
+    let now = Instant::now();
+    let cfg = UplinkConfig {
+        live_stale_after: Duration::from_secs(3),
+        ack_timeout: Duration::from_secs(60),
+        ..config()
+    };
+    let (mut up, _) = (Uplink::new(cfg, opens(&["a"]), 3, now), ());
+    assert_eq!(up.poll_event(), Some(UplinkEvent::Connect));
+    up.handle_connected(now);
+    up.handle_message(ServerMessage::Welcome { resumes: vec![] }, now);
+    let _ = sent_ids(&mut up);
+    let spooled = fragment("a", 1, 0, 10);
+    let unspooled = fragment("a", 1, 1, 10);
+    up.push_with(spooled.clone(), Priority::Live, true).unwrap();
+    up.push_with(unspooled, Priority::Live, false).unwrap();
+    let _ = sent_ids(&mut up);
+    assert_eq!(up.poll_timeout(), Some(now + Duration::from_secs(3)));
+    up.handle_timeout(now + Duration::from_secs(3));
+    assert_eq!(
+        up.poll_event(),
+        Some(UplinkEvent::Abandoned(spooled.meta.id.clone()))
+    );
+    assert_eq!(up.pending_fragments(), 1, "the unspooled one is kept");
+    up.handle_message(persisted(&spooled.meta.id), now + Duration::from_secs(4));
+    assert!(matches!(
+        up.poll_event(),
+        Some(UplinkEvent::Persisted { id, .. }) if id == spooled.meta.id
+    ));
+    up.handle_message(persisted(&spooled.meta.id), now + Duration::from_secs(4));
+    assert_eq!(up.poll_event(), None, "reported once");
 }

@@ -6,12 +6,22 @@
 //! fragments below that point are already stored and are reported persisted without a number.
 //! Then fragments go out oldest first, at most `in_flight_max` at a time. A `Connect` event
 //! while connected means: drop the current connection and open a new one.
+//!
+//! Priorities (`priority`): every fragment is pushed as [`Priority::Live`] or
+//! [`Priority::Backfill`]. Live fragments go first; backfill fragments go oldest first while
+//! the bandwidth cap (`backfill_bytes_per_s`) has tokens, with at most `backfill_in_flight_max`
+//! on the wire and `backfill_pending_max` held, so that live fragments always find room. A live
+//! fragment with a spooled copy that is not persisted within `live_stale_after` is abandoned
+//! ([`UplinkEvent::Abandoned`]): the core forgets it (the shell resets its QUIC stream) and the
+//! owner sends the spooled copy later as backfill. A late Persisted for an abandoned fragment
+//! is still reported, so its spool copy is released.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::fragment::{Fragment, FragmentId, StreamName};
 
+use super::priority::{Priority, TokenBucket, is_stale};
 use super::{
     AckKind, ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, SplitMix64, StreamOpen,
     StreamResume,
@@ -34,6 +44,17 @@ pub struct UplinkConfig {
     pub backoff_initial: Duration,
     /// Highest backoff ceiling.
     pub backoff_max: Duration,
+    /// Upload cap for backfill fragments, bytes per second; 0: no cap.
+    pub backfill_bytes_per_s: u64,
+    /// Backfill bytes that may go at once after an idle spell.
+    pub backfill_burst_bytes: u64,
+    /// Most backfill fragments held; the rest of `pending_fragments_max` stays for live ones.
+    pub backfill_pending_max: usize,
+    /// Most backfill fragments on the wire; the rest of `in_flight_max` stays for live ones.
+    pub backfill_in_flight_max: usize,
+    /// A spooled live fragment not persisted within this time is abandoned on the wire;
+    /// zero: never.
+    pub live_stale_after: Duration,
 }
 
 impl Default for UplinkConfig {
@@ -46,6 +67,11 @@ impl Default for UplinkConfig {
             ack_timeout: Duration::from_secs(30),
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
+            backfill_bytes_per_s: 0,
+            backfill_burst_bytes: 1024 * 1024,
+            backfill_pending_max: 8,
+            backfill_in_flight_max: 8,
+            live_stale_after: Duration::from_secs(10),
         }
     }
 }
@@ -76,6 +102,8 @@ pub enum UplinkEvent {
         code: ErrorCode,
         message: String,
     },
+    /// A stale live fragment was dropped from the wire; its spooled copy is still there.
+    Abandoned(FragmentId),
 }
 
 /// Why [`Uplink::push`] did not take a fragment.
@@ -91,6 +119,8 @@ pub enum UplinkError {
     StreamRefused { stream: StreamName, code: ErrorCode },
     #[error("fragment {0} is already held")]
     Duplicate(FragmentId),
+    #[error("backfill is full: holding {0} backfill fragments")]
+    BackfillFull(usize),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -125,7 +155,14 @@ struct Entry {
     state: State,
     /// Transient errors so far, for this fragment's retry backoff.
     failures: u32,
+    priority: Priority,
+    /// Whether a durable copy exists elsewhere (the spool), which allows abandoning it.
+    spooled: bool,
+    pushed_at: Instant,
 }
+
+/// Abandoned fragments remembered, so that a late Persisted still releases their spool copy.
+const ABANDONED_REMEMBERED_MAX: usize = 1024;
 
 /// The agent core. See the module documentation.
 #[derive(Debug)]
@@ -146,6 +183,10 @@ pub struct Uplink {
     next_key: u64,
     bytes: u64,
     in_flight: usize,
+    backfill_held: usize,
+    backfill_in_flight: usize,
+    bucket: TokenBucket,
+    abandoned: VecDeque<FragmentId>,
     events: VecDeque<UplinkEvent>,
     /// Latest time seen; the core reads no clock, so `push` stamps with this.
     last_now: Instant,
@@ -158,8 +199,17 @@ impl Uplink {
         rng_seed: u64,
         now: Instant,
     ) -> Self {
+        let bucket = TokenBucket::new(
+            config.backfill_bytes_per_s,
+            config.backfill_burst_bytes,
+            now,
+        );
         let mut uplink = Self {
             config,
+            backfill_held: 0,
+            backfill_in_flight: 0,
+            bucket,
+            abandoned: VecDeque::new(),
             streams,
             refused: HashMap::new(),
             resume_points: HashMap::new(),
@@ -184,10 +234,30 @@ impl Uplink {
             && self.bytes.saturating_add(payload_bytes as u64) <= self.config.pending_bytes_max
     }
 
-    /// Takes a fragment to send; it stays held until Persisted or Refused.
+    /// Whether a backfill fragment with `payload_bytes` of payload would be taken now.
+    pub fn has_backfill_room(&self, payload_bytes: usize) -> bool {
+        self.backfill_held < self.config.backfill_pending_max && self.has_room(payload_bytes)
+    }
+
+    /// Takes a live fragment without a durable copy; it stays held until Persisted or Refused.
     pub fn push(&mut self, fragment: Fragment) -> Result<(), UplinkError> {
+        self.push_with(fragment, Priority::Live, false)
+    }
+
+    /// Takes a fragment at `priority`; `spooled` says a durable copy exists elsewhere, which
+    /// lets a stale live fragment be abandoned.
+    pub fn push_with(
+        &mut self,
+        fragment: Fragment,
+        priority: Priority,
+        spooled: bool,
+    ) -> Result<(), UplinkError> {
         let id = fragment.meta.id.clone();
         self.check_push(&fragment)?;
+        if priority == Priority::Backfill && self.backfill_held >= self.config.backfill_pending_max
+        {
+            return Err(UplinkError::BackfillFull(self.backfill_held));
+        }
         let resume = self.resume_points.get(&(id.stream.clone(), id.epoch));
         if resume.is_some_and(|&next| id.sequence < next) {
             self.events.push_back(UplinkEvent::Persisted {
@@ -199,6 +269,7 @@ impl Uplink {
         let key = self.next_key;
         self.next_key += 1;
         self.bytes += fragment.payload.len() as u64;
+        self.backfill_held += usize::from(priority == Priority::Backfill);
         let state = State::Pending {
             not_before: self.last_now,
         };
@@ -208,6 +279,9 @@ impl Uplink {
                 fragment,
                 state,
                 failures: 0,
+                priority,
+                spooled,
+                pushed_at: self.last_now,
             },
         );
         self.index.insert(id, key);
@@ -243,6 +317,14 @@ impl Uplink {
             });
         }
         Ok(())
+    }
+
+    /// The priority of a held fragment.
+    pub fn priority(&self, id: &FragmentId) -> Option<Priority> {
+        self.index
+            .get(id)
+            .and_then(|key| self.entries.get(key))
+            .map(|e| e.priority)
     }
 
     /// The fragment behind a [`UplinkEvent::SendFragment`].
@@ -287,6 +369,7 @@ impl Uplink {
             }
         }
         self.in_flight = 0;
+        self.backfill_in_flight = 0;
         let delay = self.backoff(self.reconnects);
         self.reconnects = self.reconnects.saturating_add(1);
         self.link = Link::Down {
@@ -351,10 +434,32 @@ impl Uplink {
                 if deadline <= now {
                     entry.state = State::Pending { not_before: now };
                     self.in_flight -= 1;
+                    if entry.priority == Priority::Backfill {
+                        self.backfill_in_flight -= 1;
+                    }
                 }
             }
         }
+        self.abandon_stale(now);
         self.pump(Some(now));
+    }
+
+    /// Drops every stale live fragment from the wire (see [`is_stale`]).
+    fn abandon_stale(&mut self, now: Instant) {
+        let stale_after = self.config.live_stale_after;
+        let stale: Vec<FragmentId> = self
+            .entries
+            .values()
+            .filter(|e| is_stale(e.priority, e.spooled, e.pushed_at, stale_after, now))
+            .map(|e| e.fragment.meta.id.clone())
+            .collect();
+        for id in stale {
+            if self.abandoned.len() >= ABANDONED_REMEMBERED_MAX {
+                self.abandoned.pop_front();
+            }
+            self.abandoned.push_back(id.clone());
+            self.release(&id, UplinkEvent::Abandoned(id.clone()));
+        }
     }
 
     pub fn poll_event(&mut self) -> Option<UplinkEvent> {
@@ -370,12 +475,25 @@ impl Uplink {
         };
         let up = matches!(self.link, Link::Up);
         let window_open = self.in_flight < self.config.in_flight_max;
+        let backfill_open =
+            window_open && self.backfill_in_flight < self.config.backfill_in_flight_max && up;
+        let bucket_at = self.bucket.ready_at(self.last_now);
         let entries = self.entries.values().filter_map(|e| match e.state {
             State::InFlight { deadline } => Some(deadline),
+            State::Pending { not_before } if e.priority == Priority::Backfill => {
+                backfill_open.then_some(not_before.max(bucket_at))
+            }
             State::Pending { not_before } if up && window_open => Some(not_before),
             State::Pending { .. } => None,
         });
-        link.into_iter().chain(entries).min()
+        let stale_after = self.config.live_stale_after;
+        let stale = self
+            .entries
+            .values()
+            .filter(|e| e.priority == Priority::Live && e.spooled && !stale_after.is_zero())
+            .map(|e| e.pushed_at + stale_after)
+            .min();
+        link.into_iter().chain(entries).chain(stale).min()
     }
 
     /// Fragments held: pending, in flight, or waiting for Persisted.
@@ -472,7 +590,8 @@ impl Uplink {
     fn on_ack(&mut self, id: FragmentId, kind: AckKind, number: Option<String>, now: Instant) {
         let deadline = now + self.config.ack_timeout;
         let Some(entry) = self.entry_mut(&id) else {
-            return; // a duplicate ack for a fragment already released
+            self.on_abandoned_ack(id, kind, number);
+            return; // otherwise a duplicate ack for a fragment already released
         };
         match kind {
             AckKind::Received => {
@@ -488,6 +607,21 @@ impl Uplink {
                     fragment_number: number,
                 },
             ),
+        }
+    }
+
+    /// An abandoned fragment may still have been persisted: say so once, so that its spooled
+    /// copy is released instead of sent again.
+    fn on_abandoned_ack(&mut self, id: FragmentId, kind: AckKind, number: Option<String>) {
+        if kind != AckKind::Persisted {
+            return;
+        }
+        if let Some(i) = self.abandoned.iter().position(|a| *a == id) {
+            self.abandoned.remove(i);
+            self.events.push_back(UplinkEvent::Persisted {
+                id,
+                fragment_number: number,
+            });
         }
     }
 
@@ -526,9 +660,11 @@ impl Uplink {
             return;
         };
         let was_in_flight = matches!(entry.state, State::InFlight { .. });
+        let backfill = entry.priority == Priority::Backfill;
         entry.state = State::Pending { not_before };
         if was_in_flight {
             self.in_flight -= 1;
+            self.backfill_in_flight -= usize::from(backfill);
         }
     }
 
@@ -544,14 +680,18 @@ impl Uplink {
         };
         if let Some(entry) = self.entries.remove(&key) {
             self.bytes -= entry.fragment.payload.len() as u64;
+            let backfill = entry.priority == Priority::Backfill;
+            self.backfill_held -= usize::from(backfill);
             if let State::InFlight { .. } = entry.state {
                 self.in_flight -= 1;
+                self.backfill_in_flight -= usize::from(backfill);
             }
         }
         self.events.push_back(event);
     }
 
-    /// Sends pending fragments, oldest first, while the window has room.
+    /// Sends pending fragments while the window has room: live ones oldest first, then
+    /// backfill ones oldest first within their window share and the bandwidth cap.
     fn pump(&mut self, now: Option<Instant>) {
         if !matches!(self.link, Link::Up) {
             return;
@@ -559,18 +699,32 @@ impl Uplink {
         let now = now.unwrap_or(self.last_now).max(self.last_now);
         self.last_now = now;
         let deadline = now + self.config.ack_timeout;
-        for entry in self.entries.values_mut() {
-            if self.in_flight >= self.config.in_flight_max {
-                break;
-            }
-            match entry.state {
-                State::Pending { not_before } if not_before <= now => {
-                    entry.state = State::InFlight { deadline };
-                    self.in_flight += 1;
-                    self.events
-                        .push_back(UplinkEvent::SendFragment(entry.fragment.meta.id.clone()));
+        for pass in [Priority::Live, Priority::Backfill] {
+            for entry in self.entries.values_mut() {
+                if self.in_flight >= self.config.in_flight_max {
+                    return;
                 }
-                _ => {}
+                let ready =
+                    matches!(entry.state, State::Pending { not_before } if not_before <= now);
+                if entry.priority != pass || !ready {
+                    continue;
+                }
+                if pass == Priority::Backfill {
+                    if self.backfill_in_flight >= self.config.backfill_in_flight_max {
+                        return;
+                    }
+                    if !self
+                        .bucket
+                        .try_take(entry.fragment.payload.len() as u64, now)
+                    {
+                        return;
+                    }
+                    self.backfill_in_flight += 1;
+                }
+                entry.state = State::InFlight { deadline };
+                self.in_flight += 1;
+                self.events
+                    .push_back(UplinkEvent::SendFragment(entry.fragment.meta.id.clone()));
             }
         }
     }
