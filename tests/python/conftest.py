@@ -72,12 +72,17 @@ class Server:
         self.log.close()
 
     def client(self, service):
+        from botocore.config import Config
+
+        # The server throttles like AWS (5 GetRecords/s per shard): clients back off and retry
+        # throttled calls as real consumers do.
         return boto3.client(
             service,
             endpoint_url=self.endpoint,
             region_name="us-east-1",
             aws_access_key_id="AKIDEXAMPLE",
             aws_secret_access_key="wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+            config=Config(retries={"mode": "standard", "max_attempts": 10}),
         )
 
     def run_agent(self, stream, source, spool, fast=True):
