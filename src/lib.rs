@@ -5,6 +5,7 @@
 //! invariants each module keeps.
 
 pub mod agent;
+pub mod alerts;
 pub mod api;
 pub mod capture;
 pub mod config;
