@@ -21,6 +21,7 @@
 //!   `LIST_FRAGMENTS_MAX` results per listing.
 
 mod dedup;
+pub mod holds;
 mod index;
 mod meta;
 mod number;

@@ -326,7 +326,15 @@ impl Stream {
         let mut state = self.lock_state();
         let mut log = self.writer.lock_log()?;
         let ages = segment_ages(&state, &log.segments());
-        let expired = retention::expired_segments(&ages, retention_ms, now);
+        let mut expired = retention::expired_segments(&ages, retention_ms, now);
+        // Segments under a clip hold are kept until the hold is released.
+        let holds = super::holds::read_holds(&self.dir);
+        expired.retain(|id| {
+            state
+                .index
+                .span(*id)
+                .is_none_or(|s| !super::holds::is_held(&holds, s.first_number, s.last_number))
+        });
         if expired.is_empty() {
             return Ok(0);
         }
