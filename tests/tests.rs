@@ -2,6 +2,7 @@
 //! binary as server and agent processes on loopback.
 
 mod certs;
+mod detection;
 mod harness;
 mod oracle;
 mod spool;

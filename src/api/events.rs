@@ -12,7 +12,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{AppState, ApiError, JsonBody, Principal, blocking};
+use super::{ApiError, AppState, JsonBody, Principal, blocking};
 use crate::detect::events::{Event, EventHub};
 use crate::fragment::{StreamName, UnixMillis};
 use crate::media::{MediaFragment, mp4};
@@ -170,5 +170,8 @@ fn set_armed(
     }
     hub(&s)?.arm.set(stream.as_str(), Some(armed));
     tracing::info!(%stream, armed, "detection arming changed through the API");
-    Ok(axum::Json(serde_json::json!({ "stream": stream.as_str(), "armed": armed })).into_response())
+    Ok(
+        axum::Json(serde_json::json!({ "stream": stream.as_str(), "armed": armed }))
+            .into_response(),
+    )
 }

@@ -75,18 +75,21 @@ pub struct CameraRules {
 
 impl CameraRules {
     pub fn resolve(c: &DetectCamera, labels: &[String]) -> Result<CameraRules, ConsumerError> {
-        let stream =
-            StreamName::new(c.stream.as_str()).map_err(|_| ConsumerError::Stream(c.stream.clone()))?;
+        let stream = StreamName::new(c.stream.as_str())
+            .map_err(|_| ConsumerError::Stream(c.stream.clone()))?;
         let rule_err = |source| ConsumerError::Rule {
             stream: c.stream.clone(),
             source,
         };
         let mut classes = Vec::new();
         for l in &c.labels {
-            let i = labels.iter().position(|x| x == l).ok_or(ConsumerError::Label {
-                stream: c.stream.clone(),
-                label: l.clone(),
-            })?;
+            let i = labels
+                .iter()
+                .position(|x| x == l)
+                .ok_or(ConsumerError::Label {
+                    stream: c.stream.clone(),
+                    label: l.clone(),
+                })?;
             classes.push(i);
         }
         if c.zones.len() > super::rules::ZONES_MAX {
@@ -219,9 +222,14 @@ impl Drop for FragmentFrames {
 pub enum Step {
     Nothing,
     /// An event opened on `track` in `zone` (empty when the camera has no zones).
-    Opened { track: Track, zone: String },
+    Opened {
+        track: Track,
+        zone: String,
+    },
     /// An event closed after being seen until `end_ms`.
-    Closed { end_ms: u64 },
+    Closed {
+        end_ms: u64,
+    },
     /// A just-closed event resumed within the cooldown.
     Resumed,
 }
@@ -323,9 +331,7 @@ impl LiveDetector {
                     .max_by(|a, b| a.0.best_score.total_cmp(&b.0.best_score));
                 match best {
                     Some((t, zone))
-                        if self
-                            .cooldown
-                            .allow(t.id, now, self.rules.rule.cooldown_ms) =>
+                        if self.cooldown.allow(t.id, now, self.rules.rule.cooldown_ms) =>
                     {
                         Step::Opened {
                             track: t.clone(),
@@ -424,6 +430,8 @@ fn run(
     };
     let mut current: Option<OpenEvent> = None;
     let mut last_closed: Option<OpenEvent> = None;
+    // Fragments handled (skipped ones included), reported when the consumer catches up.
+    let (mut handled, mut reported) = (0u64, 0u64);
     tracing::info!(stream = %rules.stream, "detection consumer following the stream");
     while !stop.load(Ordering::Relaxed) {
         let fresh = match next_fragments(store, &rules.stream, &cursor) {
@@ -432,6 +440,10 @@ fn run(
             Err(e) => return Err(e.into()),
         };
         if fresh.is_empty() {
+            if handled != reported {
+                tracing::info!(stream = %rules.stream, handled, "detection caught up");
+                reported = handled;
+            }
             std::thread::sleep(Duration::from_millis(options.poll_ms));
             continue;
         }
@@ -439,12 +451,14 @@ fn run(
         if skipped > 0 {
             tracing::warn!(stream = %rules.stream, skipped, "detection is behind; skipping to the newest fragments");
         }
+        handled += skipped as u64;
         for summary in &fresh[skipped..] {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
             cursor.server_ms = summary.server_timestamp.0;
             cursor.last_number = Some(summary.number.0);
+            handled += 1;
             if cursor.recent.len() >= RECENT_FRAGMENTS_MAX {
                 cursor.recent.pop_front();
             }

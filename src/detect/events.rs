@@ -219,7 +219,10 @@ fn put_data_record(data: &DataStream, event: &Event) {
             explicit_hash_key: None,
             data: bytes,
         };
-        if let Err(e) = streams.put_records(EVENTS_DATA_STREAM, vec![entry], now).await {
+        if let Err(e) = streams
+            .put_records(EVENTS_DATA_STREAM, vec![entry], now)
+            .await
+        {
             tracing::warn!(error = %e, "cannot write an event to the data stream");
         }
     });
@@ -280,7 +283,13 @@ mod tests {
     #[test]
     fn log_survives_reopen_and_updates_replace() {
         let dir = tempfile::tempdir().unwrap();
-        let hub = EventHub::open(dir.path(), Arc::new(Alerts::disabled()), String::new(), None).unwrap();
+        let hub = EventHub::open(
+            dir.path(),
+            Arc::new(Alerts::disabled()),
+            String::new(),
+            None,
+        )
+        .unwrap();
         hub.record(&event("a", None)).unwrap();
         hub.record(&event("b", None)).unwrap();
         hub.record(&event("a", Some(3_000))).unwrap();
@@ -293,7 +302,13 @@ mod tests {
             .unwrap()
             .write_all(b"{\"id\":")
             .unwrap();
-        let hub = EventHub::open(dir.path(), Arc::new(Alerts::disabled()), String::new(), None).unwrap();
+        let hub = EventHub::open(
+            dir.path(),
+            Arc::new(Alerts::disabled()),
+            String::new(),
+            None,
+        )
+        .unwrap();
         let listed = hub.list(None, 10);
         assert_eq!(listed.len(), 2);
         assert_eq!(hub.get("a").unwrap().end, Some(3_000));

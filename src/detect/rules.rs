@@ -89,7 +89,11 @@ impl WeeklyRange {
             "daily" => (0..7).collect(),
             d => vec![day_index(d).ok_or_else(bad)?],
         };
-        let length = if to > from { to - from } else { 1440 - from + to };
+        let length = if to > from {
+            to - from
+        } else {
+            1440 - from + to
+        };
         Ok(days
             .into_iter()
             .map(|d| {
@@ -276,10 +280,16 @@ mod tests {
             ..TrackFilter::default()
         };
         // Box spans both halves but its bottom-centre (x=40%) is on the left.
-        assert_eq!(f.admit(&track(10.0, 0.0, 70.0, 90.0), 100, 100), Some("left".into()));
+        assert_eq!(
+            f.admit(&track(10.0, 0.0, 70.0, 90.0), 100, 100),
+            Some("left".into())
+        );
         assert_eq!(f.admit(&track(60.0, 0.0, 90.0, 90.0), 100, 100), None);
         let whole = TrackFilter::default();
-        assert_eq!(whole.admit(&track(60.0, 0.0, 90.0, 90.0), 100, 100), Some(String::new()));
+        assert_eq!(
+            whole.admit(&track(60.0, 0.0, 90.0, 90.0), 100, 100),
+            Some(String::new())
+        );
     }
 
     #[test]

@@ -17,12 +17,11 @@ pub fn jpeg_with_box(frame: &Frame, bbox: &BoxXyxy) -> Result<Vec<u8>, DetectErr
         .chunks_exact(3)
         .flat_map(|p| [p[2], p[1], p[0]])
         .collect();
-    let mut img = RgbImage::from_raw(frame.width, frame.height, rgb).ok_or(
-        DetectError::FrameSize {
+    let mut img =
+        RgbImage::from_raw(frame.width, frame.height, rgb).ok_or(DetectError::FrameSize {
             width: frame.width,
             height: frame.height,
-        },
-    )?;
+        })?;
     draw_box(&mut img, bbox);
     let mut out = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, SNAPSHOT_QUALITY)

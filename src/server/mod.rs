@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::api::{self, ApiState};
 use crate::alerts::Alerts;
+use crate::api::{self, ApiState};
 use crate::config::ServerSettings;
 use crate::detect::consumer::{self, ConsumerOptions};
 use crate::detect::events::{DataStream, EventHub};
