@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::harness::{AgentProcess, AgentRun, ServerProcess, clip};
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(180);
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(400);
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A weekly range one minute long, twelve hours from now: the camera is never armed during the
 /// test.
@@ -89,7 +89,16 @@ fn wait_caught_up(server: &ServerProcess, stream: &str) {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    panic!("{stream}: consumer did not catch up with {stored} fragments");
+    let log = server.log();
+    let detect: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("detect") || l.contains("ERROR") || l.contains("WARN"))
+        .take(40)
+        .collect();
+    panic!(
+        "{stream}: consumer did not catch up with {stored} fragments:\n{}",
+        detect.join("\n")
+    );
 }
 
 #[test]

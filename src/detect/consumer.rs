@@ -16,7 +16,7 @@
 //! timestamps (Unix ms); holds on the clip's fragments are placed in the store when an event
 //! opens and extended when it closes.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -46,6 +46,11 @@ const FRAME_WAIT_MS_MAX: u64 = 10_000;
 const RECENT_FRAGMENTS_MAX: usize = 64;
 /// Fragments past the current one a hold covers, for the post-roll (fragments are about 2 s).
 const HOLD_AHEAD_FRAGMENTS: u64 = 8;
+/// How long a stored fragment waits before detection takes it, so fragments still in flight
+/// with earlier producer times are taken first.
+const REORDER_MS: u64 = 1_000;
+/// A media clock going back further than this is a new clock (a restarted producer).
+const CLOCK_JUMP_MS: u64 = 10_000;
 /// Frames decoded from one fragment at most.
 const FRAGMENT_FRAMES_MAX: u64 = 10_000;
 
@@ -126,11 +131,14 @@ pub struct FragmentFrames {
 }
 
 impl FragmentFrames {
-    /// Starts decoding a fragment payload; frame times are `base_ms` plus the offset from the
-    /// fragment's first frame.
-    pub fn open(payload: &[u8], base_ms: u64) -> Result<FragmentFrames, DetectError> {
+    /// Starts decoding a fragment payload; frame times are the media clock (the fragment's first
+    /// presentation time, Unix ms, plus each frame's offset from it). The media clock is used
+    /// rather than producer timestamps because a replay faster than real time compresses the
+    /// latter.
+    pub fn open(payload: &[u8]) -> Result<FragmentFrames, DetectError> {
         let video = |e: &dyn std::fmt::Display| DetectError::Video(e.to_string());
         let media = MediaFragment::decode(payload).map_err(|e| video(&e))?;
+        let base_ms = u64::try_from(media.start_us() / 1000).unwrap_or(0);
         let file = mp4::write_mp4(std::slice::from_ref(&media)).map_err(|e| video(&e))?;
         gst::init().map_err(|e| video(&e))?;
         let desc = format!(
@@ -163,6 +171,11 @@ impl FragmentFrames {
             .map_err(|e| video(&e))?;
         src.end_of_stream().map_err(|e| video(&e))?;
         Ok(frames)
+    }
+
+    /// The media time of the fragment's first frame, Unix ms.
+    pub fn base_ms(&self) -> u64 {
+        self.base_ms
     }
 
     fn frame_of(&mut self, sample: &gst::Sample) -> Result<Frame, DetectError> {
@@ -247,6 +260,8 @@ pub struct LiveDetector {
     cooldown: Cooldown,
     last_seen_ms: u64,
     closed_at_ms: Option<u64>,
+    sample_fps: f64,
+    last_pts_ms: u64,
 }
 
 impl LiveDetector {
@@ -262,6 +277,8 @@ impl LiveDetector {
             cooldown: Cooldown::default(),
             last_seen_ms: 0,
             closed_at_ms: None,
+            sample_fps,
+            last_pts_ms: 0,
         }
     }
 
@@ -271,6 +288,24 @@ impl LiveDetector {
 
     /// Whether the frame at `pts_ms` is sampled (call once per frame, in order).
     pub fn sample(&mut self, pts_ms: u64) -> bool {
+        // A producer that restarted may begin a new media clock: restart the sampling grid
+        // rather than skip frames until the old clock is reached again.
+        if pts_ms.saturating_add(CLOCK_JUMP_MS) < self.last_pts_ms {
+            tracing::info!(
+                from_ms = self.last_pts_ms,
+                to_ms = pts_ms,
+                "media clock restarted"
+            );
+            self.sampler = Sampler::new(self.sample_fps);
+            self.gate = MotionGate::new(GateOptions::default());
+            self.tracker = Tracker::new(TrackerOptions::default());
+            self.rule = EventRule::new(self.rules.rule);
+            self.closed_at_ms = None;
+        } else if pts_ms < self.last_pts_ms {
+            // Tracks and rules need time to move forward; a frame from the past is dropped.
+            return false;
+        }
+        self.last_pts_ms = pts_ms;
         self.sampler.take(pts_ms)
     }
 
@@ -433,48 +468,59 @@ fn run(
     // Fragments handled (skipped ones included), reported when the consumer catches up.
     let (mut handled, mut reported) = (0u64, 0u64);
     tracing::info!(stream = %rules.stream, "detection consumer following the stream");
+    // Seen but not yet handled, in producer-time order: an agent with several fragments in
+    // flight stores them out of order, and detection needs time to move forward.
+    let mut pending: BTreeMap<(u64, u64), FragmentSummary> = BTreeMap::new();
     while !stop.load(Ordering::Relaxed) {
         let fresh = match next_fragments(store, &rules.stream, &cursor) {
             Ok(f) => f,
             Err(StoreError::StreamNotFound(_)) => Vec::new(),
             Err(e) => return Err(e.into()),
         };
-        if fresh.is_empty() {
-            if handled != reported {
+        for summary in fresh {
+            cursor.server_ms = summary.server_timestamp.0;
+            cursor.last_number = Some(summary.number.0);
+            pending.insert((summary.producer_timestamp.0, summary.number.0), summary);
+        }
+        let skipped = pending.len().saturating_sub(options.backlog_fragments_max);
+        if skipped > 0 {
+            for _ in 0..skipped {
+                pending.pop_first();
+            }
+            handled += skipped as u64;
+            tracing::warn!(stream = %rules.stream, skipped, "detection is behind; skipping to the newest fragments");
+        }
+        let now = UnixMillis::now().0;
+        let ready = pending
+            .first_key_value()
+            .is_some_and(|(_, f)| f.server_timestamp.0 + REORDER_MS <= now);
+        if !ready {
+            if pending.is_empty() && handled != reported {
                 tracing::info!(stream = %rules.stream, handled, "detection caught up");
                 reported = handled;
             }
             std::thread::sleep(Duration::from_millis(options.poll_ms));
             continue;
         }
-        let skipped = fresh.len().saturating_sub(options.backlog_fragments_max);
-        if skipped > 0 {
-            tracing::warn!(stream = %rules.stream, skipped, "detection is behind; skipping to the newest fragments");
+        let Some((_, summary)) = pending.pop_first() else {
+            continue;
+        };
+        handled += 1;
+        if cursor.recent.len() >= RECENT_FRAGMENTS_MAX {
+            cursor.recent.pop_front();
         }
-        handled += skipped as u64;
-        for summary in &fresh[skipped..] {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            cursor.server_ms = summary.server_timestamp.0;
-            cursor.last_number = Some(summary.number.0);
-            handled += 1;
-            if cursor.recent.len() >= RECENT_FRAGMENTS_MAX {
-                cursor.recent.pop_front();
-            }
-            cursor
-                .recent
-                .push_back((summary.producer_timestamp.0, summary.number.0));
-            let ctx = FragmentCtx {
-                store,
-                hub,
-                rules: &rules,
-                summary,
-                recent: &cursor.recent,
-            };
-            if let Err(e) = ctx.process(&mut live, &mut current, &mut last_closed) {
-                tracing::warn!(stream = %rules.stream, fragment = %summary.number, error = %e, "fragment skipped by detection");
-            }
+        cursor
+            .recent
+            .push_back((summary.producer_timestamp.0, summary.number.0));
+        let ctx = FragmentCtx {
+            store,
+            hub,
+            rules: &rules,
+            summary: &summary,
+            recent: &cursor.recent,
+        };
+        if let Err(e) = ctx.process(&mut live, &mut current, &mut last_closed) {
+            tracing::warn!(stream = %rules.stream, fragment = %summary.number, error = %e, "fragment skipped by detection");
         }
     }
     Ok(())
@@ -518,11 +564,20 @@ impl FragmentCtx<'_> {
         let (_, payload) = self
             .store
             .read_fragment(&self.rules.stream, self.summary.number)?;
-        let mut frames = FragmentFrames::open(&payload, self.summary.producer_timestamp.0)?;
+        let started = std::time::Instant::now();
+        let mut frames = FragmentFrames::open(&payload)?;
+        let frames_base = frames.base_ms();
+        // Event times are producer timestamps (what clips and ListFragments select on).
+        let to_producer = |media_ms: u64| {
+            (self.summary.producer_timestamp.0 + media_ms).saturating_sub(frames_base)
+        };
+        let (mut decoded, mut sampled) = (0u32, 0u32);
         while let Some(mut frame) = frames.next_frame()? {
+            decoded += 1;
             if !live.sample(frame.pts_ms) {
                 continue;
             }
+            sampled += 1;
             let armed = is_armed(
                 self.hub.arm.get(self.rules.stream.as_str()),
                 &self.rules.schedule,
@@ -531,13 +586,13 @@ impl FragmentCtx<'_> {
             match live.step(&mut frame, armed)? {
                 Step::Nothing => {}
                 Step::Opened { track, zone } => {
-                    let event = self.open_event(live, &frame, &track, zone)?;
+                    let event = self.open_event(live, &frame, &track, zone, &to_producer)?;
                     *current = Some(event);
                 }
                 Step::Closed { end_ms } => {
                     if let Some(mut open) = current.take() {
-                        open.event.end = Some(end_ms);
-                        open.event.clip.end = end_ms + POST_ROLL_MS;
+                        open.event.end = Some(to_producer(end_ms));
+                        open.event.clip.end = to_producer(end_ms) + POST_ROLL_MS;
                         self.hold(&open);
                         self.hub.record(&open.event)?;
                         *last_closed = Some(open);
@@ -552,6 +607,7 @@ impl FragmentCtx<'_> {
                 }
             }
         }
+        tracing::debug!(stream = %self.rules.stream, fragment = %self.summary.number, base_ms = frames_base, decoded, sampled, elapsed_ms = started.elapsed().as_millis() as u64, "detection handled a fragment");
         Ok(())
     }
 
@@ -561,11 +617,12 @@ impl FragmentCtx<'_> {
         frame: &Frame,
         track: &Track,
         zone: String,
+        to_producer: &dyn Fn(u64) -> u64,
     ) -> Result<OpenEvent, ConsumerError> {
         let id = uuid::Uuid::new_v4().to_string();
         let jpeg = super::snapshot::jpeg_with_box(frame, &track.bbox)?;
         let snapshot = Some(self.hub.write_snapshot(&id, &jpeg)?);
-        let start = track.first_ms;
+        let start = to_producer(track.first_ms);
         let pre = start.saturating_sub(PRE_ROLL_MS);
         let first_number = self
             .recent
@@ -590,7 +647,7 @@ impl FragmentCtx<'_> {
                 snapshot,
                 clip: ClipRange {
                     start: pre,
-                    end: frame.pts_ms + POST_ROLL_MS,
+                    end: to_producer(frame.pts_ms) + POST_ROLL_MS,
                 },
                 created: UnixMillis::now().0,
             },
