@@ -92,7 +92,7 @@ fn wait_caught_up(server: &ServerProcess, stream: &str) {
     let log = server.log();
     let detect: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("detect") || l.contains("ERROR") || l.contains("WARN"))
+        .filter(|l| l.contains("caught up") || l.contains("ERROR") || l.contains("WARN"))
         .take(40)
         .collect();
     panic!(

@@ -311,6 +311,11 @@ impl LiveDetector {
 
     /// Runs one sampled frame (gain applied in place, for the snapshot) with the arming state.
     pub fn step(&mut self, frame: &mut Frame, armed: bool) -> Result<Step, DetectError> {
+        if !armed {
+            // Nothing may raise an event: spare the model, let tracks age out.
+            self.tracker.update(&[], frame.pts_ms);
+            return Ok(self.apply_rule(&[], frame.pts_ms));
+        }
         let mut thumb = Thumb::of(frame);
         let gain = if self.gain {
             gate::gain_for(thumb.mean())
@@ -327,18 +332,15 @@ impl LiveDetector {
         } else {
             self.tracker.update(&[], now);
         }
-        let admitted: Vec<(Track, String)> = if armed {
-            self.tracker
-                .tracks()
-                .iter()
-                .filter_map(|t| {
-                    let zone = self.rules.filter.admit(t, frame.width, frame.height)?;
-                    Some((t.clone(), zone))
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let admitted: Vec<(Track, String)> = self
+            .tracker
+            .tracks()
+            .iter()
+            .filter_map(|t| {
+                let zone = self.rules.filter.admit(t, frame.width, frame.height)?;
+                Some((t.clone(), zone))
+            })
+            .collect();
         Ok(self.apply_rule(&admitted, now))
     }
 
@@ -422,10 +424,12 @@ pub fn spawn(
     options: ConsumerOptions,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    // Fragments stored from now on are followed, also those arriving while the model loads.
+    let since = UnixMillis::now().0;
     std::thread::Builder::new()
         .name(format!("detect-{}", camera.stream))
         .spawn(move || {
-            if let Err(e) = run(&store, &hub, &camera, &options, &stop) {
+            if let Err(e) = run(&store, &hub, &camera, &options, &stop, since) {
                 tracing::error!(stream = %camera.stream, error = %e, "detection consumer stopped");
             }
         })
@@ -453,13 +457,14 @@ fn run(
     camera: &DetectCamera,
     options: &ConsumerOptions,
     stop: &AtomicBool,
+    since_ms: u64,
 ) -> Result<(), ConsumerError> {
     let spec = ModelSpec::load(&options.model)?;
     let rules = CameraRules::resolve(camera, &spec.labels)?;
     let detector = Detector::load(spec, &options.detector)?;
     let mut live = LiveDetector::new(detector, rules.clone(), options.sample_fps);
     let mut cursor = Cursor {
-        server_ms: UnixMillis::now().0,
+        server_ms: since_ms,
         last_number: None,
         recent: VecDeque::new(),
     };
