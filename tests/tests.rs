@@ -3,6 +3,7 @@
 
 mod alerts;
 mod certs;
+mod detection;
 mod harness;
 mod network;
 mod oracle;

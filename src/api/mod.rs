@@ -23,6 +23,7 @@
 mod archived;
 mod auth;
 pub mod error;
+mod events;
 mod hls;
 mod images;
 pub mod json;
@@ -75,6 +76,9 @@ pub struct ApiState {
     pub keys: Vec<AccessKey>,
     /// Open mode: requests are not verified at all.
     pub open: bool,
+    /// Detection events and arming, served under `/events` and `/detect`; absent when no
+    /// camera is configured for detection.
+    pub events: Option<Arc<crate::detect::events::EventHub>>,
 }
 
 /// The state the handlers share: the configured state plus the server's own bounds.
@@ -128,6 +132,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/hls/v1/getHLSMediaPlaylist.m3u8", get(hls::media_playlist))
         .route("/hls/v1/getMP4InitFragment.mp4", get(hls::init_fragment))
         .route("/hls/v1/getMP4MediaFragment.mp4", get(hls::media_fragment))
+        .route("/events", get(events::list))
+        .route("/events/{id}", get(events::get))
+        .route("/events/{id}/{file}", get(events::media))
+        .route("/detect/arm", post(events::arm))
+        .route("/detect/disarm", post(events::disarm))
         .merge(kinesis.unwrap_or_default())
         .fallback(unknown_operation)
         .layer(middleware::from_fn_with_state(

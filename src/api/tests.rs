@@ -38,6 +38,7 @@ fn harness(data_endpoint: Option<&str>) -> Harness {
         streams: None,
         keys: Vec::new(),
         open: true,
+        events: None,
     };
     Harness {
         _dir: dir,

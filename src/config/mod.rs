@@ -116,6 +116,7 @@ pub struct ServerConfig {
     pub streams: StreamsSection,
     pub auth: AuthSection,
     pub alerts: AlertsSection,
+    pub detect: DetectSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -188,6 +189,7 @@ impl Default for ServerConfig {
             streams: StreamsSection::default(),
             auth: AuthSection::default(),
             alerts: AlertsSection::default(),
+            detect: DetectSection::default(),
         }
     }
 }
@@ -246,6 +248,76 @@ impl Default for StreamsSection {
     }
 }
 
+/// `[detect]`: live detection consumers, one per `[[detect.cameras]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectSection {
+    /// `yolox_nano_416`, `light_person_detector_192` or a sidecar path.
+    pub model: String,
+    /// Intra-op threads per consumer.
+    pub threads: usize,
+    /// `cpu`, `cuda`, `tensorrt` or `openvino`.
+    pub execution_provider: String,
+    /// Frames per second sampled for inference.
+    pub sample_fps: f64,
+    /// How often a consumer looks for new fragments.
+    pub poll_ms: u64,
+    /// Fragments a consumer may fall behind before it skips ahead to the newest.
+    pub backlog_fragments_max: usize,
+    pub cameras: Vec<DetectCamera>,
+}
+
+impl Default for DetectSection {
+    fn default() -> Self {
+        Self {
+            model: "yolox_nano_416".into(),
+            threads: 1,
+            execution_provider: "cpu".into(),
+            sample_fps: 5.0,
+            poll_ms: 250,
+            backlog_fragments_max: 30,
+            cameras: Vec::new(),
+        }
+    }
+}
+
+/// `[[detect.cameras]]`: the rules of one camera stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectCamera {
+    pub stream: String,
+    /// Model labels that raise events (empty: every label the model reports).
+    pub labels: Vec<String>,
+    /// Least best score of a track to raise an event (0: the model's threshold).
+    pub score_min: f32,
+    /// A track must be seen this long before it raises an event.
+    pub min_dwell_ms: u64,
+    /// Events of one label this close together merge; a track raises at most one event per
+    /// cooldown.
+    pub cooldown_ms: u64,
+    /// Polygons in normalised coordinates; empty means the whole frame.
+    pub zones: Vec<crate::detect::rules::Zone>,
+    /// Weekly armed ranges such as `mon 22:00-06:00` or `daily 08:00-18:00`; empty: always.
+    pub schedule: Vec<String>,
+    /// The fixed offset the schedule's times are in (daylight saving is not followed).
+    pub utc_offset_minutes: i32,
+}
+
+impl Default for DetectCamera {
+    fn default() -> Self {
+        Self {
+            stream: String::new(),
+            labels: Vec::new(),
+            score_min: 0.0,
+            min_dwell_ms: 1_000,
+            cooldown_ms: 2_000,
+            zones: Vec::new(),
+            schedule: Vec::new(),
+            utc_offset_minutes: 0,
+        }
+    }
+}
+
 /// Server settings after validation: every value is in range and every address parsed.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -269,6 +341,7 @@ pub struct ServerSettings {
     pub keys: Vec<AccessKey>,
     /// Where detection events are pushed (MQTT, webhooks).
     pub alerts: AlertSettings,
+    pub detect: DetectSection,
 }
 
 impl ServerConfig {
@@ -355,6 +428,7 @@ impl ServerConfig {
             open: self.auth.open,
             keys,
             alerts: self.alerts.resolve()?,
+            detect: self.detect,
         })
     }
 }

@@ -2,10 +2,12 @@
 //!
 //! Starts a server on loopback with a temporary data directory, an agent replaying the sample
 //! clip over QUIC, prints each fragment as the server persists it, then writes an MP4 of the last
-//! 10 seconds (muxed on read, exactly as GetClip does) and says how to play it. Nothing is left
-//! behind but the clip.
+//! 10 seconds (muxed on read, exactly as GetClip does) and says how to play it. A detection
+//! consumer follows the demo stream and prints each event as it happens (its snapshot is copied
+//! beside the clip, its clip URL served while the demo runs). Nothing else is left behind.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
@@ -21,6 +23,10 @@ pub const DEMO_CLIP: &str = "videos/intel_one-by-one-person-detection.mp4";
 const DEMO_STREAM: &str = "demo-camera";
 /// Length of the clip written at the end.
 const CLIP_MS: u64 = 10_000;
+/// Longest wait after the replay for detection to go quiet.
+const DETECT_DRAIN_S: u64 = 60;
+/// Detection is considered finished after this long without an event update.
+const DETECT_QUIET_S: u64 = 8;
 /// Fragments a clip may hold (GetClip's limit).
 const CLIP_FRAGMENTS_MAX: usize = 200;
 
@@ -124,8 +130,20 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
         server.store.clone(),
         stream.clone(),
     ));
+    let detections = server.events.as_ref().map(|hub| {
+        tokio::spawn(print_detections(
+            hub.subscribe(),
+            options.clip_out.clone(),
+            hub.dir().to_path_buf(),
+            hub.base_url.clone(),
+        ))
+    });
     let report = agent::run(settings, Some(events_tx), stop_rx).await;
     let _ = printer.await;
+    if let Some(detections) = detections {
+        // Detection runs behind ingest: let it finish the clip (it prints as it goes).
+        let _ = tokio::time::timeout(Duration::from_secs(DETECT_DRAIN_S), detections).await;
+    }
     let report = report?;
     if !report.all_persisted() {
         server.shutdown().await;
@@ -152,6 +170,61 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     Ok(())
 }
 
+/// Prints each detection event as it opens and closes; copies snapshots beside the clip. Ends
+/// once no event has changed for [`DETECT_QUIET_S`] after the first one.
+async fn print_detections(
+    mut events: tokio::sync::broadcast::Receiver<crate::detect::events::Event>,
+    clip_out: PathBuf,
+    events_dir: PathBuf,
+    base_url: String,
+) {
+    let mut count = 0u32;
+    // Event ids to their number in the output (the demo raises a handful).
+    let mut numbers: std::collections::BTreeMap<String, u32> = Default::default();
+    loop {
+        let next = if count == 0 {
+            events.recv().await
+        } else {
+            match tokio::time::timeout(Duration::from_secs(DETECT_QUIET_S), events.recv()).await {
+                Ok(next) => next,
+                Err(_) => return,
+            }
+        };
+        let event = match next {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        };
+        match event.end {
+            None => {
+                count += 1;
+                if numbers.len() < 1000 {
+                    numbers.insert(event.id.clone(), count);
+                }
+                let snapshot = event.snapshot.as_ref().map(|name| {
+                    let copy = clip_out.with_file_name(format!("hydrant-event-{count}.jpg"));
+                    match std::fs::copy(events_dir.join(name), &copy) {
+                        Ok(_) => copy.display().to_string(),
+                        Err(_) => events_dir.join(name).display().to_string(),
+                    }
+                });
+                println!(
+                    "  EVENT {count}: {} (score {:.2})\n           snapshot {}\n           clip     {base_url}/events/{}/clip.mp4",
+                    event.label,
+                    event.score,
+                    snapshot.unwrap_or_else(|| "-".into()),
+                    event.id
+                );
+            }
+            Some(end) => println!(
+                "  EVENT {}: ended after {:.1} s",
+                numbers.get(&event.id).copied().unwrap_or(0),
+                end.saturating_sub(event.start) as f64 / 1000.0
+            ),
+        }
+    }
+}
+
 async fn start_server(data_dir: &Path) -> Result<Server, DemoError> {
     let mut config = ServerConfig {
         data_dir: data_dir.join("server"),
@@ -160,6 +233,15 @@ async fn start_server(data_dir: &Path) -> Result<Server, DemoError> {
     config.storage.create_streams_on_first_use = true;
     // A loopback demo with no keys configured: the AWS CLI examples work with any credentials.
     config.auth.open = true;
+    // Person detection on the demo stream, at a light sampling rate.
+    config.detect.sample_fps = 2.0;
+    // A fast replay outruns detection; let it catch up on the whole clip instead of skipping.
+    config.detect.backlog_fragments_max = 100;
+    config.detect.cameras = vec![crate::config::DetectCamera {
+        stream: DEMO_STREAM.to_owned(),
+        labels: vec!["person".to_owned()],
+        ..crate::config::DetectCamera::default()
+    }];
     config.quic.listen = "127.0.0.1:0".to_owned();
     // The usual port when it is free, so the AWS CLI examples in the README work as written.
     config.http.listen = "127.0.0.1:7070".to_owned();

@@ -8,8 +8,10 @@
 //! ([`eval`]).
 //!
 //! May import: `demo` (asset lookup order) and external crates (`ort`, `image`, `gstreamer`).
-//! It does not know about the store, the server or the network yet; live consumers, zones,
-//! schedules, snapshots, clips and alerts build on these pieces.
+//! The live side builds on these pieces: [`consumer`] follows a stream's fragments in the store
+//! (it may import `store`, `media`, `config` and `alerts`), [`rules`] holds the pure camera rules
+//! (zones, schedules, arm/disarm, cooldown), [`events`] the durable event log and [`snapshot`]
+//! the JPEG with the box drawn.
 //!
 //! Behaviour: a frame source is pulled, never pushed: the decoder blocks while the pipeline is
 //! busy (the appsink holds at most [`source::APPSINK_BUFFERS_MAX`] frames), so a slow model slows
@@ -18,12 +20,16 @@
 //! heartbeat. ONNX Runtime is loaded at run time from `ORT_DYLIB_PATH`; a missing library or
 //! model file is a typed error that says what to do.
 
+pub mod consumer;
 pub mod decode;
 pub mod eval;
+pub mod events;
 pub mod gate;
 pub mod infer;
 pub mod model;
 pub mod preprocess;
+pub mod rules;
+pub mod snapshot;
 pub mod source;
 pub mod track;
 

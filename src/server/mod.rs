@@ -1,5 +1,5 @@
-//! The server process assembled from its parts: the fragment store, QUIC ingest, the HTTP APIs
-//! and the retention loop.
+//! The server process assembled from its parts: the fragment store, QUIC ingest, the HTTP APIs,
+//! the retention loop and the detection consumers (one per `[[detect.cameras]]`).
 //!
 //! This module only wires subsystems together and owns their lifetimes; it holds no protocol or
 //! storage logic. [`Server::start`] returns once every listener is bound, so tests and the demo
@@ -14,11 +14,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::alerts::Alerts;
 use crate::api::{self, ApiState};
 use crate::config::ServerSettings;
+use crate::detect::consumer::{self, ConsumerOptions};
+use crate::detect::events::{DataStream, EventHub};
 use crate::fragment::{Fragment, StreamName, UnixMillis};
 use crate::store::{Appended, Store, StoreConfig, StoreError};
 use crate::streams::{Streams, StreamsConfig};
@@ -44,6 +49,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: transport::TransportError,
     },
+    #[error("cannot start detection: {0}")]
+    Detect(String),
     #[error("cannot listen for HTTP on {addr}: {source}")]
     BindHttp {
         addr: SocketAddr,
@@ -59,6 +66,9 @@ pub struct Server {
     /// The CA certificate agents must trust (`<data-dir>/tls/ca.pem`).
     pub ca_pem: PathBuf,
     pub store: Arc<Store>,
+    /// Detection events, when cameras are configured for detection.
+    pub events: Option<Arc<EventHub>>,
+    detection: Detection,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -141,6 +151,11 @@ impl Server {
                 addr: settings.http_listen,
                 source,
             })?;
+        let base_url = settings
+            .public_endpoint
+            .clone()
+            .unwrap_or_else(|| format!("http://{http_addr}"));
+        let detection = start_detection(&settings, &store, &streams, base_url)?;
         let router = api::router(ApiState {
             store: store.clone(),
             region: settings.region.clone(),
@@ -148,6 +163,7 @@ impl Server {
             streams: Some(streams.clone()),
             keys: settings.keys.clone(),
             open: settings.open,
+            events: detection.hub.clone(),
         });
 
         let (shutdown, _) = watch::channel(false);
@@ -166,6 +182,8 @@ impl Server {
             quic_addr,
             ca_pem: identity.ca_pem_path.clone(),
             store,
+            events: detection.hub.clone(),
+            detection,
             shutdown,
             tasks,
         })
@@ -174,6 +192,7 @@ impl Server {
     /// Stops accepting, lets in-flight work finish, and waits for the tasks (bounded).
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
+        self.detection.stop().await;
         let drain = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(Duration::from_secs(SHUTDOWN_DEADLINE_S), drain)
             .await
@@ -187,6 +206,80 @@ impl Server {
         }
         tracing::info!("server stopped");
     }
+}
+
+/// The detection consumers (one OS thread per camera) and their event hub.
+#[derive(Debug, Default)]
+struct Detection {
+    hub: Option<Arc<EventHub>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Detection {
+    /// Asks every consumer to stop and waits for them off the async threads (each finishes the
+    /// fragment it is on).
+    async fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let threads = std::mem::take(&mut self.threads);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for Detection {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Opens the event hub and starts one consumer per configured camera.
+fn start_detection(
+    settings: &ServerSettings,
+    store: &Arc<Store>,
+    streams: &Arc<Streams>,
+    base_url: String,
+) -> Result<Detection, ServerError> {
+    let cameras = &settings.detect.cameras;
+    if cameras.is_empty() {
+        return Ok(Detection::default());
+    }
+    let data = DataStream {
+        streams: streams.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let alerts = if settings.alerts.mqtt.is_some() || !settings.alerts.webhooks.is_empty() {
+        Alerts::start(settings.alerts.clone()).map_err(|e| ServerError::Detect(e.to_string()))?
+    } else {
+        Alerts::disabled()
+    };
+    let hub = EventHub::open(&settings.data_dir, Arc::new(alerts), base_url, Some(data))
+        .map_err(|e| ServerError::Detect(e.to_string()))?;
+    let hub = Arc::new(hub);
+    let stop = Arc::new(AtomicBool::new(false));
+    let options = ConsumerOptions::from_config(&settings.detect);
+    let mut threads = Vec::with_capacity(cameras.len());
+    for camera in cameras {
+        let handle = consumer::spawn(
+            store.clone(),
+            hub.clone(),
+            camera.clone(),
+            options.clone(),
+            stop.clone(),
+        )
+        .map_err(|e| ServerError::Detect(e.to_string()))?;
+        threads.push(handle);
+    }
+    tracing::info!(cameras = cameras.len(), "detection consumers started");
+    Ok(Detection {
+        hub: Some(hub),
+        stop,
+        threads,
+    })
 }
 
 async fn run_ingest<S: FragmentSink>(ingest: IngestServer<S>, shutdown: watch::Receiver<bool>) {

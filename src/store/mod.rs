@@ -25,6 +25,7 @@
 //!   `LIST_FRAGMENTS_MAX` results per listing.
 
 mod dedup;
+pub mod holds;
 pub mod index;
 mod meta;
 mod number;

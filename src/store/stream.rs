@@ -397,9 +397,17 @@ impl Stream {
         let retention_ms = u64::from(self.lock_info().data_retention_hours) * HOUR_MS;
         let mut state = self.lock_state();
         let mut log = self.writer.lock_log()?;
+        // Segments under a clip hold are kept until the hold is released.
+        let holds = super::holds::read_holds(&self.dir);
         let ages: Vec<HeldAge> = segment_ages(&state, &log.segments())
             .into_iter()
-            .map(|age| HeldAge { age, held: false })
+            .map(|age| {
+                let held = state
+                    .index
+                    .span(age.id)
+                    .is_some_and(|s| super::holds::is_held(&holds, s.first_number, s.last_number));
+                HeldAge { age, held }
+            })
             .collect();
         let expired = retention::expired_unheld_segments(&ages, retention_ms, now);
         if expired.is_empty() {
