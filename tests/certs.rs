@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{AgentProcess, AgentRun, ServerProcess, clip, hydrant_bin};
-use hydrant::fragment::{StreamName, UnixMillis};
-use hydrant::store::{LIST_FRAGMENTS_MAX, Store, StoreConfig, TimestampKind};
+use crate::harness::{self, AgentProcess, AgentRun, ServerProcess, clip, hydrant_bin};
 
 const AGENT_EXIT_TIMEOUT: Duration = Duration::from_secs(90);
 const AUTO_CREATE: &str = "[storage]\ncreate_streams_on_first_use = true\n";
@@ -80,27 +78,7 @@ fn persisted_count(stdout: &str) -> usize {
 /// How many fragments the stream holds on disk (0 for a stream that does not exist), read with
 /// the store itself once the server has stopped.
 fn stored_count(data_dir: &Path, stream: &str) -> usize {
-    let store = Store::open(data_dir, StoreConfig::default()).expect("store reopens");
-    let name = StreamName::new(stream).expect("valid");
-    let mut count = 0;
-    let mut after = None;
-    loop {
-        let Ok(page) = store.list_fragments(
-            &name,
-            TimestampKind::Server,
-            UnixMillis(0),
-            UnixMillis(u64::MAX),
-            after,
-            LIST_FRAGMENTS_MAX,
-        ) else {
-            return count;
-        };
-        count += page.len();
-        if page.len() < LIST_FRAGMENTS_MAX {
-            return count;
-        }
-        after = page.last().map(|f| f.number);
-    }
+    harness::stored_fragments(data_dir, stream).map_or(0, |f| f.len())
 }
 
 #[test]

@@ -383,3 +383,33 @@ impl Kvs {
         panic!("ListFragments paging did not end");
     }
 }
+
+/// Every fragment on disk for `stream`, in server-time order, read with the store itself (the
+/// server must have stopped). An unknown stream is an error.
+pub fn stored_fragments(
+    data_dir: &Path,
+    stream: &str,
+) -> Result<Vec<hydrant::store::FragmentSummary>, hydrant::store::StoreError> {
+    use hydrant::fragment::{StreamName, UnixMillis};
+    use hydrant::store::{LIST_FRAGMENTS_MAX, Store, StoreConfig, TimestampKind};
+
+    let store = Store::open(data_dir, StoreConfig::default())?;
+    let name = StreamName::new(stream).expect("a valid stream name");
+    let mut all: Vec<hydrant::store::FragmentSummary> = Vec::new();
+    loop {
+        let after = all.last().map(|f| f.number);
+        let page = store.list_fragments(
+            &name,
+            TimestampKind::Server,
+            UnixMillis(0),
+            UnixMillis(u64::MAX),
+            after,
+            LIST_FRAGMENTS_MAX,
+        )?;
+        let done = page.len() < LIST_FRAGMENTS_MAX;
+        all.extend(page);
+        if done {
+            return Ok(all);
+        }
+    }
+}

@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::harness::{AgentProcess, AgentRun, ServerProcess};
-use hydrant::fragment::{StreamName, UnixMillis};
+use crate::harness::{self, AgentProcess, AgentRun, ServerProcess};
+use hydrant::fragment::UnixMillis;
 use hydrant::spool::{FullPolicy, Spool, SpoolConfig};
-use hydrant::store::{FragmentSummary, LIST_FRAGMENTS_MAX, Store, StoreConfig, TimestampKind};
+use hydrant::store::FragmentSummary;
 
 const STREAM: &str = "gate";
 const AGENT_EXIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -139,30 +139,6 @@ fn scrape(port: u16) -> BTreeMap<String, f64> {
 fn metric(m: &BTreeMap<String, f64>, name: &str) -> f64 {
     *m.get(&format!("hydrant_agent_{name}"))
         .unwrap_or_else(|| panic!("no metric {name} in {m:?}"))
-}
-
-fn stored_fragments(server: &ServerProcess) -> Vec<FragmentSummary> {
-    let store = Store::open(&server.data_dir(), StoreConfig::default()).expect("store reopens");
-    let name = StreamName::new(STREAM).expect("valid");
-    let mut all: Vec<FragmentSummary> = Vec::new();
-    loop {
-        let after = all.last().map(|f| f.number);
-        let page = store
-            .list_fragments(
-                &name,
-                TimestampKind::Server,
-                UnixMillis(0),
-                UnixMillis(u64::MAX),
-                after,
-                LIST_FRAGMENTS_MAX,
-            )
-            .expect("list");
-        let done = page.len() < LIST_FRAGMENTS_MAX;
-        all.extend(page);
-        if done {
-            return all;
-        }
-    }
 }
 
 /// Every epoch's sequences are 0..n, each once. Returns n per epoch.
@@ -290,7 +266,7 @@ fn a_60_s_outage_loses_nothing_live_goes_first_and_backfill_keeps_its_cap() {
     drop(relay);
     let mut server = server;
     server.kill();
-    let stored = stored_fragments(&server);
+    let stored = harness::stored_fragments(&server.data_dir(), STREAM).expect("stream stored");
     let counts = assert_contiguous_once(&stored);
     assert_eq!(counts.len(), 1, "one live session: {counts:?}");
     assert_eq!(unreleased(&state), 0, "nothing left in the spool: {out}");
@@ -406,7 +382,9 @@ fn sigkill_during_an_outage_loses_nothing_and_duplicates_nothing() {
     assert!(out.contains("recovered"), "{out}");
     drop(relay);
     server.kill();
-    let counts = assert_contiguous_once(&stored_fragments(&server));
+    let counts = assert_contiguous_once(
+        &harness::stored_fragments(&server.data_dir(), STREAM).expect("stream stored"),
+    );
     println!("stored per epoch after SIGKILL and restart: {counts:?}");
     assert_eq!(counts.len(), 2, "both runs' sessions stored: {counts:?}");
     assert_eq!(unreleased(&state), 0, "{out}");
@@ -425,7 +403,9 @@ fn five_percent_packet_loss_loses_nothing() {
     assert!(status.success(), "{out}\n{log}");
     drop(relay);
     server.kill();
-    let counts = assert_contiguous_once(&stored_fragments(&server));
+    let counts = assert_contiguous_once(
+        &harness::stored_fragments(&server.data_dir(), STREAM).expect("stream stored"),
+    );
     let stored: u64 = counts.values().sum();
     println!("5% loss: stored {counts:?}; agent: {out}");
     assert!(stored >= 8, "about 20 s of 2 s fragments: {stored}");

@@ -6,10 +6,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::{AgentProcess, AgentRun, ServerProcess};
-use hydrant::fragment::{StreamName, UnixMillis};
+use crate::harness::{self, AgentProcess, AgentRun, ServerProcess};
 use hydrant::spool::{FullPolicy, Spool, SpoolConfig};
-use hydrant::store::{FragmentSummary, LIST_FRAGMENTS_MAX, Store, StoreConfig, TimestampKind};
 
 const AGENT_EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 const STREAM: &str = "yard";
@@ -29,31 +27,6 @@ fn spooled_ids(state_dir: &Path) -> Vec<(u64, u64)> {
         .iter()
         .map(|s| (s.id.epoch, s.id.sequence))
         .collect()
-}
-
-/// Every fragment on disk for the stream, read with the store itself after the server stopped.
-fn stored_fragments(server: &ServerProcess) -> Vec<FragmentSummary> {
-    let store = Store::open(&server.data_dir(), StoreConfig::default()).expect("store reopens");
-    let name = StreamName::new(STREAM).expect("valid");
-    let mut all: Vec<FragmentSummary> = Vec::new();
-    loop {
-        let after = all.last().map(|f| f.number);
-        let page = store
-            .list_fragments(
-                &name,
-                TimestampKind::Server,
-                UnixMillis(0),
-                UnixMillis(u64::MAX),
-                after,
-                LIST_FRAGMENTS_MAX,
-            )
-            .expect("list");
-        let done = page.len() < LIST_FRAGMENTS_MAX;
-        all.extend(page);
-        if done {
-            return all;
-        }
-    }
 }
 
 #[test]
@@ -108,7 +81,7 @@ fn fragments_spooled_while_the_server_is_down_survive_sigkill_and_arrive_once() 
     assert!(out.contains("bytes written per payload byte"), "{out}");
     server.kill();
 
-    let stored = stored_fragments(&server);
+    let stored = harness::stored_fragments(&server.data_dir(), STREAM).expect("stream stored");
     let mut first_epoch: Vec<u64> = stored
         .iter()
         .filter(|f| f.epoch == epoch)

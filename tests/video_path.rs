@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{AgentProcess, AgentRun, ServerProcess, clip};
+use crate::harness::{self, AgentProcess, AgentRun, ServerProcess, clip};
 use crate::oracle;
-use hydrant::fragment::{StreamName, UnixMillis};
-use hydrant::store::{FragmentSummary, LIST_FRAGMENTS_MAX, Store, StoreConfig, TimestampKind};
+use hydrant::store::FragmentSummary;
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -29,31 +28,6 @@ fn agent_run(
         source: format!("file:{}", clip.display()),
         fast,
         spool_dir: spool.to_owned(),
-    }
-}
-
-/// Every fragment on disk for `stream`, read with the store itself after the server stopped.
-fn stored_fragments(server: &ServerProcess, stream: &str) -> Vec<FragmentSummary> {
-    let store = Store::open(&server.data_dir(), StoreConfig::default()).expect("store reopens");
-    let name = StreamName::new(stream).expect("valid");
-    let mut all: Vec<FragmentSummary> = Vec::new();
-    loop {
-        let after = all.last().map(|f| f.number);
-        let page = store
-            .list_fragments(
-                &name,
-                TimestampKind::Server,
-                UnixMillis(0),
-                UnixMillis(u64::MAX),
-                after,
-                LIST_FRAGMENTS_MAX,
-            )
-            .expect("list");
-        let done = page.len() < LIST_FRAGMENTS_MAX;
-        all.extend(page);
-        if done {
-            return all;
-        }
     }
 }
 
@@ -136,7 +110,10 @@ fn fast_replay_stores_every_gop_once_and_get_clip_decodes() {
 
     let mut server = server;
     server.kill();
-    assert_exactly_once(&stored_fragments(&server, "lobby"), gops.len());
+    assert_exactly_once(
+        &harness::stored_fragments(&server.data_dir(), "lobby").expect("stream stored"),
+        gops.len(),
+    );
 }
 
 #[test]
@@ -157,7 +134,10 @@ fn server_killed_mid_ingest_loses_nothing_and_stores_nothing_twice() {
         "agent failed after the server restart: {out}"
     );
     server.kill();
-    assert_exactly_once(&stored_fragments(&server, "door"), gops);
+    assert_exactly_once(
+        &harness::stored_fragments(&server.data_dir(), "door").expect("stream stored"),
+        gops,
+    );
 }
 
 #[test]
@@ -184,7 +164,10 @@ fn agent_killed_mid_stream_resumes_from_the_server() {
     );
     let mut server = server;
     server.kill();
-    assert_exactly_once(&stored_fragments(&server, "hall"), gops);
+    assert_exactly_once(
+        &harness::stored_fragments(&server.data_dir(), "hall").expect("stream stored"),
+        gops,
+    );
 }
 
 #[test]

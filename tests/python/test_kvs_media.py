@@ -2,7 +2,6 @@
 mkvtoolnix parses (with the Kinesis Video tags on every fragment) and that GStreamer and ffprobe
 decode to the clip's frames; GetMedia follows a live agent."""
 
-import json
 import re
 import subprocess
 import threading
@@ -12,6 +11,7 @@ import botocore.exceptions
 import pytest
 
 from conftest import hydrant_bin
+from media_checks import decoded_frames, gop_sizes
 
 # GetMedia ends a session after this long without a new fragment (the server's idle limit) plus
 # slack for a loaded machine.
@@ -20,33 +20,6 @@ LIVE_AGENT_S = 8
 FIRST_FRAGMENT_TIMEOUT_S = 60
 CLIP = "intel_one-by-one-person-detection.mp4"
 UNKNOWN_FRAGMENT = "10000000000099999999"
-
-
-def keyframe_flags(path):
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=key_frame",
-         "-of", "csv=p=0", str(path)],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    return [int(line.strip().split(",")[0]) for line in out.splitlines() if line.strip()]
-
-
-def gop_sizes(path):
-    sizes = []
-    for key in keyframe_flags(path):
-        if key or not sizes:
-            sizes.append(0)
-        sizes[-1] += 1
-    return sizes
-
-
-def ffprobe_frames(path):
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0",
-         "-show_entries", "stream=nb_read_frames", "-of", "json", str(path)],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    return int(json.loads(out)["streams"][0]["nb_read_frames"])
 
 
 def gstreamer_frames(path):
@@ -131,7 +104,7 @@ def test_fragment_list_is_one_clean_matroska_stream_with_tags(archived, ingested
     assert "V_MPEG4/ISO/AVC" in text
 
     expected = sum(gops[2:7])
-    assert ffprobe_frames(path) == expected
+    assert decoded_frames(path) == expected
     assert gstreamer_frames(path) == expected
 
 
@@ -162,7 +135,7 @@ def test_get_media_from_earliest_returns_every_fragment_as_a_chunk(media, ingest
     # ffprobe decodes every frame. (GStreamer restarts its segment at each chunk's header and
     # clips frames that go back in time, which fragment-number order may do here; the live test
     # checks GStreamer on chunks that arrive in producer order.)
-    assert ffprobe_frames(path) == sum(gops)
+    assert decoded_frames(path) == sum(gops)
 
 
 def test_get_media_after_a_fragment_number_and_a_continuation_token(media, ingested, tmp_path):

@@ -10,27 +10,15 @@ import time
 
 import pytest
 
+from media_checks import decoded_frames, keyframe_flags
+
 CLIP = "intel_one-by-one-person-detection.mp4"
 CHUNK_BYTES = 16 * 1024
 RESPONSE_TIMEOUT_S = 120
 
 
-def keyframe_count(path):
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=flags",
-         "-of", "csv=p=0", str(path)],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    return sum(1 for line in out.splitlines() if "K" in line)
-
-
-def decoded_frames(path):
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0",
-         "-show_entries", "stream=nb_read_frames", "-of", "json", str(path)],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    return int(json.loads(out)["streams"][0]["nb_read_frames"])
+def keyframe_count_of(path):
+    return sum(keyframe_flags(path))
 
 
 def streamable_mkv(clip, out):
@@ -85,7 +73,7 @@ def sent(server, kvs, assets, tmp_path_factory):
 def test_every_cluster_is_buffered_received_and_persisted(sent):
     assert sent["status"] == 200
     kinds = [e["EventType"] for e in sent["events"]]
-    gops = keyframe_count(sent["clip"])
+    gops = keyframe_count_of(sent["clip"])
     assert kinds.count("ERROR") == 0, sent["events"]
     assert kinds.count("BUFFERING") == gops
     assert kinds.count("RECEIVED") == gops
@@ -132,11 +120,11 @@ def test_absolute_timecodes_are_the_time_itself(server, kvs, archived, sent):
     del headers["x-amzn-producer-start-timestamp"]
     status, events = put_media(server, sent["mkv"], headers)
     assert status == 200
-    assert [e["EventType"] for e in events].count("PERSISTED") == keyframe_count(sent["clip"])
+    assert [e["EventType"] for e in events].count("PERSISTED") == keyframe_count_of(sent["clip"])
     selector = {"FragmentSelectorType": "PRODUCER_TIMESTAMP",
                 "TimestampRange": {"StartTimestamp": 0, "EndTimestamp": 600}}
     listed = archived.list_fragments(StreamName="py-putmedia-abs", FragmentSelector=selector)
-    assert len(listed["Fragments"]) == keyframe_count(sent["clip"])
+    assert len(listed["Fragments"]) == keyframe_count_of(sent["clip"])
 
 
 def test_malformed_matroska_gets_error_4006(server, kvs, sent):
@@ -190,7 +178,7 @@ def test_signed_unsigned_payload_streams_without_buffering(signed_server, sent):
     status, events = put_media(signed_server, sent["mkv"], signed)
     assert status == 200
     kinds = [e["EventType"] for e in events]
-    assert kinds.count("PERSISTED") == keyframe_count(sent["clip"]), events
+    assert kinds.count("PERSISTED") == keyframe_count_of(sent["clip"]), events
 
     try:
         status, _ = put_media(signed_server, sent["mkv"][:1000], headers)

@@ -1,39 +1,11 @@
 """A recorded clip sent by a real agent is listed by boto3's ListFragments and cut by GetClip into
 an MP4 that decodes to the expected frames (checked with ffprobe, independently of Hydrant)."""
 
-import json
-import subprocess
 import time
 
 import pytest
 
-
-def keyframe_flags(path):
-    """1/0 per frame of the first video stream, read by ffprobe."""
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=key_frame",
-         "-of", "csv=p=0", str(path)],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    return [int(line.strip().split(",")[0]) for line in out.splitlines() if line.strip()]
-
-
-def gop_sizes(path):
-    sizes = []
-    for key in keyframe_flags(path):
-        if key or not sizes:
-            sizes.append(0)
-        sizes[-1] += 1
-    return sizes
-
-
-def decoded_frames(path):
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0",
-         "-show_entries", "stream=nb_read_frames", "-of", "json", str(path)],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    return int(json.loads(out)["streams"][0]["nb_read_frames"])
+from media_checks import decoded_frames, gop_sizes
 
 
 def list_all(archived, stream, selector, page_size):
